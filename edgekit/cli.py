@@ -1,0 +1,115 @@
+"""The ``edgekit`` command: parses arguments, calls the Python API, prints a table or ``--json``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .models import get_cfg, list_models, profile_name
+from .models.profile import human
+
+__all__ = ["main"]
+
+
+def _models_rows(pattern: str | None) -> list[dict]:
+    rows = []
+    for name in list_models(pattern):
+        cfg = get_cfg(name)
+        prof = profile_name(name)
+        rows.append({"name": name, "family": cfg.family, "task": cfg.task, "params": prof.params,
+                     "macs": prof.macs, "resolution": list(cfg.resolution), "num_classes": cfg.num_classes,
+                     "paper": cfg.paper})
+    return rows
+
+
+def cmd_models(args: argparse.Namespace, out: Console) -> int:
+    rows = _models_rows(args.pattern)
+    if args.json:
+        print(json.dumps({"models": rows}, indent=2))
+        return 0
+    table = Table(title=f"edgekit model zoo ({len(rows)} variants; MACs = conv + linear multiply-adds)")
+    for col, justify in (("name", "left"), ("family", "left"), ("params", "right"), ("MACs", "right"),
+                         ("resolution", "right"), ("classes", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        h, w = r["resolution"]
+        table.add_row(r["name"], r["family"], human(r["params"]), human(r["macs"]),
+                      f"{h}" if h == w else f"{h}x{w}", str(r["num_classes"]))
+    out.print(table)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, out: Console) -> int:
+    cfg = get_cfg(args.name)
+    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("in_chans", args.in_chans),
+                                   ("resolution", args.resolution), ("width", args.width)) if v is not None}
+    prof = profile_name(args.name, **overrides)
+    doc = {"config": cfg.to_dict(), "overrides": overrides, "profile": prof.to_dict()}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    out.print(f"{cfg.name}  ({cfg.family}, {cfg.task})  {cfg.paper}", markup=False, highlight=False)
+    c, h, w = prof.input_shape[1:]
+    out.print(f"input {c}x{h}x{w}  mean {list(cfg.mean)}  std {list(cfg.std)}  layout {cfg.layout}",
+              markup=False, highlight=False)
+    if cfg.notes:
+        out.print(cfg.notes, markup=False, highlight=False)
+    table = Table(title=f"{human(prof.params)} params, {human(prof.macs)} MACs")
+    for col, justify in (("stage", "left"), ("output", "right"), ("params", "right"), ("MACs", "right"),
+                         ("% MACs", "right")):
+        table.add_column(col, justify=justify)
+    for s in prof.stages:
+        share = 100 * s.macs / prof.macs if prof.macs else 0.0
+        table.add_row(s.name, "x".join(map(str, s.out_shape[1:])), human(s.params), human(s.macs), f"{share:.1f}")
+    out.print(table)
+    return 0
+
+
+def _resolution(text: str) -> int | tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} must be N or HxW, e.g. 224 or 512x1024") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(f"resolution {text!r} must be N or HxW, e.g. 224 or 512x1024")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekit", description="Lightweight CNNs from reference "
+                                     "definition to int8 file on the device.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list every registered variant with params and MACs")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'ghostnet*'")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("info", help="one model's configuration and per-stage summary")
+    p.add_argument("name")
+    p.add_argument("--resolution", type=_resolution, help="N or HxW")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--width", type=float)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        return args.func(args, Console())
+    except ValueError as e:
+        err.print(f"error: {e}", style="red", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Tests generated from the registry: every registered variant is checked without anyone
+remembering to add it."""
+import json
+
+import pytest
+import torch
+
+from edgekit.models import create_model, get_cfg, list_models, profile_name
+from edgekit.models.arch import ArchNet, ArchSpec, from_arch
+
+from reference_figures import FIGURES, MACS_TOL, PARAMS_TOL
+
+ALL = list_models()
+# Big networks whose torch.export takes seconds: the slow tier.
+HEAVY = {n for n, (_, _, params, macs) in FIGURES.items() if macs > 1.5e9 or params > 15e6}
+
+
+def test_registry_matches_the_reference_list():
+    assert sorted(FIGURES) == ALL, "every registered model needs reference figures, and vice versa"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_params_and_macs_match_official_code(name):
+    classes, hw, params, macs = FIGURES[name]
+    prof = profile_name(name, num_classes=classes, resolution=hw)
+    assert abs(prof.params - params) <= PARAMS_TOL * params, f"{name}: {prof.params:,} params vs {params:,}"
+    assert abs(prof.macs - macs) <= MACS_TOL * macs, f"{name}: {prof.macs / 1e6:.2f}M MACs vs {macs / 1e6:.2f}M"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_cfg(name):
+    cfg = get_cfg(name)
+    classes, hw, _, _ = FIGURES[name]
+    assert cfg.resolution == hw and cfg.num_classes == classes
+    assert cfg.family and cfg.paper
+    with torch.device("meta"):
+        m = create_model(name)
+    dc = m.default_cfg
+    assert dc["input_size"] == [3, *hw]
+    assert len(dc["mean"]) == len(dc["std"]) == 3
+    assert dc["family"] == cfg.family
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_small_edge_variant_runs_on_cpu(name):
+    """1 input channel, 10 classes, small input: the Fashion-MNIST shape, from the same definition."""
+    cfg = get_cfg(name)
+    side = max(64, cfg.min_resolution)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, resolution=side).eval()
+    assert model.default_cfg["input_size"] == [1, side, side]
+    x = torch.randn(2, 1, side, side)
+    with torch.no_grad():
+        y = model(x)
+    if cfg.task == "segmentation":
+        assert y.shape[:2] == (2, 10) and y.shape[2] * y.shape[3] > 0
+    else:
+        assert y.shape == (2, 10)
+    assert torch.isfinite(y).all()
+    assert not torch.allclose(y[0], y[1]), "different inputs must give different outputs"
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL])
+def test_torch_export_batch1(name):
+    classes, hw, _, _ = FIGURES[name]
+    model = create_model(name, num_classes=classes).eval()
+    x = torch.randn(1, 3, *hw)
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        ref = model(x)
+        got = ep.module()(x)
+    torch.testing.assert_close(got, ref)
+
+
+ARCH_MODELS = [n for n in ALL if n.startswith(("fbnet", "efficientnet"))]
+
+
+@pytest.mark.parametrize("name", ARCH_MODELS)
+def test_archspec_models_round_trip_through_json(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert isinstance(model, ArchNet)
+    text = model.spec.to_json()
+    again = ArchSpec.from_json(json.loads(json.dumps(text)))
+    assert again == model.spec
+    with torch.device("meta"):
+        rebuilt = from_arch(again)
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())

@@ -1,0 +1,96 @@
+"""Artifact files: manifest validation, atomic writes, corrupt or truncated files caught."""
+import json
+import os
+
+import pytest
+
+from edgekit.exporters.artifact import (Calibration, Manifest, Preprocessing, TensorInfo, load_artifact,
+                                        manifest_path, sha256_bytes, write_artifact)
+
+BYTES = b"\x00model-bytes\x01" * 100
+
+
+def manifest(**kw):
+    base = dict(model="ghostnet_1_0", format="tflite", precision="int8",
+                inputs=(TensorInfo("input", (1, 64, 64, 1), "int8", "NHWC", 0.02, -3),),
+                outputs=(TensorInfo("logits", (1, 10), "int8", "NC", 0.1, 5),),
+                preprocessing=Preprocessing((64, 64), 1, (0.286,), (0.353,), channel_order="L"),
+                file_sha256=sha256_bytes(BYTES),
+                calibration=Calibration("fashion-mnist", 256, "minmax"))
+    base.update(kw)
+    return Manifest(**base)
+
+
+def test_write_and_load_round_trip(tmp_path):
+    art = write_artifact(tmp_path / "m.tflite", BYTES, manifest())
+    assert art.manifest_path == tmp_path / "m.manifest.json"
+    again = load_artifact(tmp_path / "m.tflite")
+    assert again.manifest == art.manifest
+    assert json.loads(art.manifest_path.read_text())["schema_version"] == 1
+
+
+def test_truncated_or_corrupted_file_is_caught(tmp_path):
+    path = tmp_path / "m.tflite"
+    write_artifact(path, BYTES, manifest())
+    path.write_bytes(BYTES[:-7])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_artifact(path)
+
+
+def test_corrupt_manifest_is_caught(tmp_path):
+    path = tmp_path / "m.tflite"
+    write_artifact(path, BYTES, manifest())
+    manifest_path(path).write_text('{"schema_version": 1, "model": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_artifact(path)
+    manifest_path(path).unlink()
+    with pytest.raises(ValueError, match="has no manifest"):
+        load_artifact(path)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(precision="int8-dynamic"), "precision 'int8-dynamic'"),
+    (dict(format="pb"), "format 'pb'"),
+    (dict(precision="mixed"), "must list its float layers"),
+    (dict(calibration=None), "needs its calibration"),
+    (dict(file_sha256="abc"), "not a sha256"),
+    (dict(inputs=(TensorInfo("input", (1, 3), "int8", "NC", 0.1, 0),), outputs=()), "at least one input"),
+])
+def test_manifest_refuses_inconsistent_fields(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        manifest(**kw)
+
+
+def test_quantized_tensor_needs_scale_and_zero_point():
+    with pytest.raises(ValueError, match="needs scale and zero_point"):
+        TensorInfo("input", (1, 3), "int8", "NC")
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith(".manifest.json"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_artifact(path, BYTES, manifest(format="onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_or_missing_directory(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        write_artifact(tmp_path / "nope" / "m.onnx", BYTES, manifest(format="onnx"))
+    if os.geteuid() != 0:  # root writes anywhere; the check is for everyone else
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="not writable"):
+            write_artifact(ro / "m.onnx", BYTES, manifest(format="onnx"))
+
+
+def test_sha_mismatch_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not match the model bytes"):
+        write_artifact(tmp_path / "m.onnx", BYTES + b"x", manifest(format="onnx"))

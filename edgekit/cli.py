@@ -69,6 +69,26 @@ def cmd_info(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, out: Console) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, limit=args.limit, seed=args.seed)
+
+    def progress(rec: dict) -> None:
+        if not args.json:
+            out.print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  test top-1 {100 * rec['top1']:.2f} %  "
+                      f"({rec['seconds']:.0f} s)", highlight=False)
+
+    result = train(args.model, data=args.data, out=args.out, config=config, in_chans=args.in_chans,
+                   resolution=args.resolution, progress=progress)
+    if args.json:
+        print(json.dumps({"weights": str(result.weights), "top1": result.top1, "epochs": result.epochs,
+                          "seconds": result.seconds, "history": list(result.history)}, indent=2))
+    else:
+        out.print(f"saved {result.weights} (test top-1 {100 * result.top1:.2f} %)", highlight=False)
+    return 0
+
+
 def _resolution(text: str) -> int | tuple[int, int]:
     parts = text.lower().split("x")
     try:
@@ -98,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("train", help="train a zoo model on a labelled dataset (Fashion-MNIST by default)")
+    p.add_argument("model")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:N], a directory of IDX files or class folders")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--out", required=True, help="weights file to write (.pt)")
+    p.add_argument("--in-chans", type=int, default=1, choices=(1, 3))
+    p.add_argument("--resolution", type=int, help="input side (default: 32, or the model's minimum)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--limit", type=int, help="train on the first N training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -107,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, Console())
     except ValueError as e:
-        err.print(f"error: {e}", style="red", markup=False, highlight=False)
+        err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
 
 

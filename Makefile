@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/edgekit models
+	BIN=$(BIN) scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -112,6 +112,7 @@ class Manifest:
     file_sha256: str
     arch: Mapping[str, Any] | None = None  # ArchSpec.to_dict() where the model is one
     weights_sha256: str | None = None
+    weights_file: str | None = None  # where the PyTorch weights were read from (validate re-reads them)
     num_classes: int | None = None
     calibration: Calibration | None = None
     float_layers: tuple[str, ...] = ()  # precision "mixed": the layers kept in float
@@ -195,6 +196,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; the result should look like any written file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,0 +1,118 @@
+"""Top-1 of an exported artifact next to its PyTorch source, on a labelled dataset.
+
+>>> # report = validate("out/ghostnet_0_5.int8.tflite", data="fashion-mnist")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .calibration.data import load_dataset, preprocess
+from .devices.agent import Runner
+from .exporters.artifact import Artifact, load_artifact, sha256_file
+from .parity import ParityReport, compare
+
+__all__ = ["ValidationReport", "validate", "reference_model"]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    artifact: str
+    format: str
+    precision: str
+    dataset: str
+    n: int
+    top1: float
+    torch_top1: float | None
+    parity: ParityReport | None  # artifact logits vs PyTorch logits on the same images
+    seconds: float
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.torch_top1 is None else self.torch_top1 - self.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "format": self.format, "precision": self.precision,
+                "dataset": self.dataset, "n": self.n, "top1": self.top1, "torch_top1": self.torch_top1,
+                "drop": self.drop, "parity": None if self.parity is None else self.parity.to_dict(),
+                "seconds": self.seconds}
+
+
+def reference_model(art: Artifact, weights: str | Path | None = None) -> torch.nn.Module | None:
+    """The PyTorch network an artifact came from, with its weights; None when the manifest names
+    no weights file and none is given (an export of untrained weights has no accuracy to compare)."""
+    from .train import load_weights
+
+    path = weights or art.manifest.weights_file
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the PyTorch weights {path} named by {art.manifest_path.name} are gone; pass --weights FILE")
+    if art.manifest.weights_sha256 and sha256_file(path) != art.manifest.weights_sha256:
+        raise ValueError(f"{path} is not the weights {art.path.name} was exported from (sha256 differs); "
+                         f"pass the right --weights FILE or re-export")
+    model, _, _ = load_weights(path)
+    return model
+
+
+def validate(artifact: str | Path, *, data: str = "fashion-mnist", limit: int | None = None,
+             weights: str | Path | None = None, threads: int = 1) -> ValidationReport:
+    art = load_artifact(artifact)
+    m = art.manifest
+    if m.preprocessing is None:
+        raise ValueError(f"{art.manifest_path.name} records no preprocessing; cannot feed it images")
+    ds = load_dataset(data, split="test", limit=limit)
+    if ds.labels is None:
+        raise ValueError(f"{data!r} has no labels; validation needs a labelled dataset")
+    x = preprocess(ds.images, m.preprocessing, layout="NCHW")  # (N, C, H, W) float32
+    layout = m.inputs[0].layout
+    start = time.perf_counter()
+    with _native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on fd 2
+        runner = Runner(str(art.path), m.to_dict(), threads=threads)
+    batch = m.inputs[0].shape[0]
+    logits = _run_all(runner, x, batch, nhwc=(layout == "NHWC"))
+    top1 = float((logits.argmax(1) == ds.labels).mean())
+    ref = reference_model(art, weights)
+    torch_top1 = parity = None
+    if ref is not None:
+        with torch.no_grad():
+            ref_logits = np.concatenate([ref(torch.from_numpy(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
+        torch_top1 = float((ref_logits.argmax(1) == ds.labels).mean())
+        parity = compare(ref_logits, logits)
+    return ValidationReport(str(art.path), m.format, m.precision, ds.name, len(x), top1, torch_top1, parity,
+                            time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _run_all(runner: Runner, x: np.ndarray, batch: int, *, nhwc: bool) -> np.ndarray:
+    outs = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        if len(xb) < batch:  # a static-batch file: pad the last batch, keep only the real rows
+            xb = np.concatenate([xb, np.zeros((batch - len(xb), *xb.shape[1:]), xb.dtype)])
+        if nhwc:
+            xb = xb.transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        outs.append(runner(np.ascontiguousarray(xb))[0][: len(x) - i])
+    return np.concatenate(outs)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: train a GhostNet briefly on Fashion-MNIST, export it as
+# ONNX and TFLite in fp32 and full int8 (calibrated on real images), check each file against
+# PyTorch, and report each file's top-1 next to PyTorch's on the 10,000 test images.
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+OUT=${OUT:-demo-out}
+MODEL=${MODEL:-ghostnet_0_5}
+mkdir -p "$OUT"
+"$BIN/edgekit" models "${MODEL%%_*}*"
+"$BIN/edgekit" train "$MODEL" --epochs 1 --limit 12000 --out "$OUT/$MODEL.pt"
+"$BIN/edgekit" export "$MODEL" --weights "$OUT/$MODEL.pt" --out "$OUT"
+for f in "$OUT/$MODEL"-*.onnx "$OUT/$MODEL"-*.tflite; do
+  "$BIN/edgekit" validate "$f"
+done

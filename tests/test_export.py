@@ -1,0 +1,87 @@
+"""`edgekit export` / `validate` end to end on real Fashion-MNIST: four files, their manifests,
+parity against PyTorch, and nothing written when anything fails."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgekit.exporters.artifact import load_artifact
+from edgekit.export import ExportSettings, export
+from edgekit.models import create_model
+from edgekit.train import TrainConfig, train
+from edgekit.validate import validate
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("w") / "ghostnet_0_5.pt"
+    train("ghostnet_0_5", out=out, config=TrainConfig(epochs=1, limit=2048, test_limit=500, batch_size=64))
+    return out
+
+
+@pytest.mark.slow
+def test_export_four_files_then_validate(trained, tmp_path):
+    r = cli("export", "ghostnet_0_5", "--weights", str(trained), "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    arts = json.loads(r.stdout)["artifacts"]
+    assert {(a["format"], a["precision"]) for a in arts} == {(f, p) for f in ("onnx", "tflite") for p in ("fp32", "int8")}
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 8 and all(not n.startswith(".") for n in names), names
+    for a in arts:
+        art = load_artifact(a["path"])  # sha256 verified
+        m = art.manifest
+        assert m.model == "ghostnet_0_5" and m.preprocessing.resolution == (32, 32)
+        assert m.weights_sha256 and m.weights_file == str(trained.resolve())
+        floor = 60 if m.precision == "fp32" else 20
+        assert a["parity"]["sqnr_db"] >= floor
+        if m.precision == "int8":
+            assert m.calibration.dataset == "fashion-mnist" and m.calibration.samples == 256
+            assert not m.calibration.synthetic
+        if m.format == "tflite":
+            assert m.inputs[0].layout == "NHWC" and m.inputs[0].shape == (1, 32, 32, 1)
+            if m.precision == "int8":
+                assert m.inputs[0].dtype == "int8" and m.inputs[0].scale > 0
+    int8 = next(a["path"] for a in arts if a["format"] == "tflite" and a["precision"] == "int8")
+    report = validate(int8, limit=2000)
+    assert report.torch_top1 > 0.5  # a briefly trained network, far above the 10 % of guessing
+    assert abs(report.drop) < 0.03, report.to_dict()
+    r = cli("validate", int8, "--limit", "500", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 500
+
+
+def test_nan_calibration_data_fails_and_writes_nothing(tmp_path):
+    bad = np.random.default_rng(0).random((64, 28, 28)).astype(np.float32)
+    bad[5, 3, 3] = np.nan
+    np.save(tmp_path / "calib.npy", bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    model = create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)
+    with pytest.raises(ValueError, match="NaN"):
+        export(model, name="g", out=out, settings=ExportSettings(formats=("onnx",), calib=str(tmp_path / "calib.npy"),
+                                                                 calib_samples=32))
+    assert list(out.iterdir()) == []
+
+
+def test_bad_settings_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="format 'pb'"):
+        ExportSettings(formats=("pb",))
+    with pytest.raises(ValueError, match="dynamic-range files are not int8"):
+        ExportSettings(precisions=("int8-weights",))
+    with pytest.raises(ValueError, match="minmax"):
+        ExportSettings(calib_method="kl")
+
+
+def test_cli_errors_exit_nonzero(tmp_path):
+    r = cli("export", "ghostnet_05", "--out", str(tmp_path))
+    assert r.returncode == 2 and "did you mean" in r.stderr
+    r = cli("export", "ghostnet_0_5", "--out", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = cli("validate", str(tmp_path / "nothing.tflite"))
+    assert r.returncode == 2 and "does not exist" in r.stderr

@@ -4,6 +4,11 @@ Everything is converted, checked against PyTorch on held-out real images and kep
 files are written only when every requested artifact passed, so a failed export leaves nothing
 behind.
 
+With ``max_drop`` (points of top-1) the int8 file's top-1 is measured against the fp32 file's on
+labelled held-out images (the test split of the calibration source, never calibrated on); when it
+drops more, the most sensitive layers (``edgekit.calibration.sensitivity``) are kept float until it
+fits, and the file is written as precision ``mixed`` with its float layers in the manifest.
+
 >>> # result = export("ghostnet_0_5", weights="w.pt", out="out/")  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .calibration.data import calibration_batch, preprocessing_for, synthetic_batch
+from .calibration.data import calibration_batch, load_dataset, preprocess, preprocessing_for, synthetic_batch
 from .calibration.ranges import method_from_name
+from .calibration.sensitivity import SensitivityReport, fallback, onnx_sensitivity, tflite_sensitivity, top1
 from .parity import ParityReport, compare
 from .exporters.artifact import FORMATS, Artifact, Calibration, Manifest, Preprocessing, sha256_bytes, write_artifact
 
@@ -29,6 +35,7 @@ __all__ = ["ExportSettings", "ExportedFile", "export", "SQNR_FLOOR_DB"]
 # it when its calibration is sound; a broken quantization (wrong ranges, a mis-fused op) lands far below.
 SQNR_FLOOR_DB = {"fp32": 60.0, "int8": 20.0}
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+SENSITIVITY_SAMPLES = 128  # held-out images per sensitivity pass (one pass per layer)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class ExportSettings:
     holdout: int = 256  # held-out test images for the parity check
     io_dtype: str = "int8"  # TFLite int8 file inputs/outputs
     force: bool = False  # write int8 files below the SQNR floor anyway
+    max_drop: float | None = None  # points of top-1 int8 may lose to fp32; beyond: layers fall back to float
+    max_float_layers: int | None = None  # the most layers the fallback may keep float (None: any number)
+    accuracy_samples: int = 1000  # labelled held-out test images for the top-1 of max_drop
+    sensitivity: bool = False  # measure per-layer sensitivity of every int8 file (the manifest keeps it)
 
     def __post_init__(self):
         object.__setattr__(self, "formats", tuple(self.formats))
@@ -60,6 +71,25 @@ class ExportSettings:
             raise ValueError(f"calib_samples {self.calib_samples} and holdout {self.holdout} must be >= 1")
         if self.io_dtype not in ("int8", "float32"):
             raise ValueError(f"io_dtype {self.io_dtype!r} must be 'int8' or 'float32'")
+        self._check_fallback()
+
+    def _check_fallback(self) -> None:
+        if self.max_drop is not None:
+            if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or \
+                    not 0 <= self.max_drop <= 100:
+                raise ValueError(f"max_drop {self.max_drop!r} must be points of top-1 in [0, 100], e.g. 0.5")
+            if "int8" not in self.precisions:
+                raise ValueError("max_drop applies to int8 files: add int8 to the precisions")
+            if self.synthetic:
+                raise ValueError("max_drop needs labelled real images to measure top-1; it cannot be used with "
+                                 "synthetic calibration")
+        if self.max_float_layers is not None and (isinstance(self.max_float_layers, bool) or
+                                                  not isinstance(self.max_float_layers, int) or
+                                                  self.max_float_layers < 1):
+            raise ValueError(f"max_float_layers {self.max_float_layers!r} must be an int >= 1 (or None: no limit)")
+        if isinstance(self.accuracy_samples, bool) or not isinstance(self.accuracy_samples, int) or \
+                self.accuracy_samples < 1:
+            raise ValueError(f"accuracy_samples {self.accuracy_samples!r} must be an int >= 1, e.g. 1000")
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,8 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
            weights_file: str | Path | None = None, weights_sha256: str | None = None) -> list[ExportedFile]:
     """Export ``model`` (its ``default_cfg`` gives input size and normalisation) as every requested
     format x precision into ``out``. Raises ``ValueError`` (and writes nothing) on a converter failure
-    or an int8 file below ``SQNR_FLOOR_DB`` unless ``settings.force``."""
+    (naming the op and the module), an int8 file below ``SQNR_FLOOR_DB`` unless ``settings.force``,
+    or, with ``settings.max_drop``, when no mixed-precision file is within the allowed drop."""
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"output directory {out} does not exist; create it first")
@@ -82,30 +113,49 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     pre = preprocessing_for(model.default_cfg)
     c, h, w = model.default_cfg["input_size"]
     example = torch.zeros(1, c, h, w)
+    labelled = _labelled(pre, settings) if settings.max_drop is not None else None
     calib, calibration = _calibration(pre, settings) if "int8" in settings.precisions else (None, None)
     holdout = _holdout(pre, settings)
     with torch.no_grad():
         reference = model(torch.from_numpy(holdout)).numpy()
     pending = []
     for fmt in settings.formats:
-        for precision, exp in _convert(fmt, model, example, calib, settings):
+        for precision, exp, extra in _converted(fmt, name, model, example, calib, holdout, labelled, settings):
             got = exp(holdout.transpose(0, 2, 3, 1) if exp.inputs[0].layout == "NHWC" else holdout)
             parity = compare(reference, got)
-            floor = SQNR_FLOOR_DB[precision]
+            floor = SQNR_FLOOR_DB["int8" if precision == "mixed" else precision]
             if not settings.force:
                 try:
                     parity.check(min_sqnr_db=floor)
                 except AssertionError as e:
                     raise ValueError(f"{fmt} {precision} of {name} is not faithful to PyTorch (SQNR floor {floor} dB; "
                                      f"--force writes it anyway):\n{e}") from None
-            pending.append((fmt, precision, exp, parity))
+            pending.append((fmt, precision, exp, parity, extra))
     written = []
-    for fmt, precision, exp, parity in pending:
-        manifest = _manifest(name, model, fmt, precision, exp, parity, pre, calibration, weights_file, weights_sha256)
+    for fmt, precision, exp, parity, extra in pending:
+        manifest = _manifest(name, model, fmt, precision, exp, parity, pre, calibration, weights_file, weights_sha256,
+                             extra)
         path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
         written.append(ExportedFile(write_artifact(path, exp.model_bytes, manifest), parity, len(exp.model_bytes),
                                     tuple(manifest.notes)))
     return written
+
+
+def _labelled(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, np.ndarray, str]:
+    """(images NCHW, labels, dataset name): ``s.accuracy_samples`` seeded test-split images of the
+    calibration source, for the top-1 of ``max_drop``; refused when the source has no labels or no
+    test split apart from the images calibration draws from."""
+    test = load_dataset(s.calib, split="test")
+    if test.labels is None:
+        raise ValueError(f"max_drop measures top-1, but the calibration source {s.calib!r} has no labels; "
+                         f"calibrate from fashion-mnist, IDX files with labels or class folders")
+    if load_dataset(s.calib, split="train", limit=1).name == test.name:
+        raise ValueError(f"the calibration source {s.calib!r} has no test split apart from the images calibration "
+                         f"draws from, and max_drop's top-1 must come from images never calibrated on; give it "
+                         f"train/ and test/ sub-folders")
+    n = min(s.accuracy_samples, len(test))
+    idx = np.sort(np.random.default_rng(2).choice(len(test), n, replace=False))
+    return preprocess(test.images[idx], pre), np.asarray(test.labels[idx]), test.name
 
 
 def _calibration(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, Calibration]:
@@ -128,35 +178,150 @@ def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
     return calibration_batch(s.calib, pre, samples=s.holdout, seed=1, split="test")
 
 
-def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, s: ExportSettings):
-    """Yield (precision, export) for one format; int8 reuses the fp32 conversion where it can."""
+def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,
+               holdout: np.ndarray, labelled, s: ExportSettings):
+    """``_convert``, with converter and quantizer failures turned into a ValueError that says which
+    export failed (the converters' messages name the op and the module)."""
+    from .exporters.onnx import OnnxExportError
+    from .exporters.tflite import ConversionError
+    try:
+        yield from _convert(fmt, model, example, calib, holdout, labelled, s)
+    except (OnnxExportError, ConversionError) as e:
+        raise ValueError(f"{fmt} export of {name} failed: {e}") from e
+
+
+def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, holdout: np.ndarray,
+             labelled, s: ExportSettings):
+    """Yield (precision, export, manifest extras) for one format; int8 reuses the fp32 conversion
+    where it can, and becomes "mixed" when ``max_drop`` makes layers fall back to float."""
     if fmt == "onnx":
-        from .exporters.onnx import export_onnx_fp32, quantize_onnx_int8
+        from .exporters.onnx import export_onnx_fp32
         fp32 = export_onnx_fp32(model, example)
         if "fp32" in s.precisions:
-            yield "fp32", fp32
+            yield "fp32", fp32, {}
         if "int8" in s.precisions:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # the slower-int8 note goes into the manifest
-                yield "int8", quantize_onnx_int8(fp32, calib, method=s.calib_method)
+            yield _int8_or_mixed(_OnnxFiles(fp32, calib, s), holdout, labelled, s)
     else:
-        from .exporters.tflite import export_tflite_fp32, export_tflite_int8
+        from .exporters.tflite import export_tflite_fp32
         if "fp32" in s.precisions:
-            yield "fp32", export_tflite_fp32(model, example)
+            yield "fp32", export_tflite_fp32(model, example), {}
         if "int8" in s.precisions:
-            yield "int8", export_tflite_int8(model, example, calib, io_dtype=s.io_dtype, method=s.calib_method)
+            yield _int8_or_mixed(_TfliteFiles(model, example, calib, s), holdout, labelled, s)
+
+
+class _OnnxFiles:
+    """The ONNX int8 file, its fp32 source and its mixed variants, for the fallback."""
+
+    def __init__(self, fp32: Any, calib: np.ndarray, s: ExportSettings):
+        self.fp32, self.calib, self.s = fp32, calib, s
+        self.int8 = self.final(())
+
+    def final(self, layers) -> Any:
+        from .exporters.onnx import quantize_onnx_int8
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the slower-int8 note goes into the manifest
+            return quantize_onnx_int8(self.fp32, self.calib, method=self.s.calib_method,
+                                      float_nodes=[n for layer in layers for n in layer.nodes])
+
+    def variant(self, layers) -> Any:
+        """The mixed file's function, quantized with the int8 file's ranges (what ``final`` recomputes)."""
+        from .exporters.onnx import _session, quantize_onnx_nodes
+        data = quantize_onnx_nodes(self.fp32, self.int8.ranges, self.int8.settings,
+                                   exclude=[n for layer in layers for n in layer.nodes])
+        sess = _session(data, threads=None)
+        name = self.fp32.inputs[0].name
+        return lambda x: np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return self.fp32(x)
+
+    def run(self, exp: Any, x: np.ndarray) -> np.ndarray:
+        return exp(x)
+
+    def sensitivity(self, x: np.ndarray) -> SensitivityReport:
+        return onnx_sensitivity(self.fp32, self.int8, x)
+
+
+class _TfliteFiles:
+    """The TFLite int8 file, the float graph it was quantized from and its mixed variants."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, calib: np.ndarray, s: ExportSettings):
+        from .exporters.tflite import plan_tflite_int8
+        self.model, self.s = model, s
+        self.plan = plan_tflite_int8(model, example, calib, method=s.calib_method)
+        self.int8 = self.final(())
+
+    def final(self, layers) -> Any:
+        from .exporters.tflite import quantize_tflite
+        return quantize_tflite(self.plan, io_dtype=self.s.io_dtype,
+                               float_ops=[n for layer in layers for n in layer.nodes])
+
+    def variant(self, layers) -> Any:
+        exp = self.final(layers)
+        return lambda x: self.run(exp, x)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return self.run(self.plan.fp32, x)
+
+    def run(self, exp: Any, x: np.ndarray) -> np.ndarray:
+        from .exporters.tflite import run_tflite
+        nhwc = exp.inputs[0].layout == "NHWC"
+        return run_tflite(exp.model_bytes, np.ascontiguousarray(x.transpose(0, 2, 3, 1) if nhwc else x))
+
+    def sensitivity(self, x: np.ndarray) -> SensitivityReport:
+        return tflite_sensitivity(self.plan, self.int8, self.model, x)
+
+
+def _int8_or_mixed(files: Any, holdout: np.ndarray, labelled, s: ExportSettings) -> tuple[str, Any, dict]:
+    """("int8", file, extras) when int8 is within ``max_drop`` (or none is set), else ("mixed", file,
+    extras) with the fewest most-sensitive layers float that fit; extras go into the manifest."""
+    report = files.sensitivity(holdout[:SENSITIVITY_SAMPLES]) if s.sensitivity else None
+    metrics: dict[str, Any] = {}
+    if report is not None:
+        metrics["sensitivity"] = report.to_dict()
+    if labelled is None:
+        return "int8", files.int8, {"metrics": metrics}
+    x, y, dataset = labelled
+    ref_top1 = top1(files.reference, x, y)
+    int8_top1 = top1(lambda v: files.run(files.int8, v), x, y)
+    accuracy = {"dataset": dataset, "split": "test", "samples": int(len(x)), "fp32_top1": ref_top1,
+                "int8_top1": int8_top1, "int8_drop_points": round(100 * (ref_top1 - int8_top1), 3),
+                "max_drop_points": s.max_drop}
+    metrics["accuracy"] = accuracy
+    if 100 * (ref_top1 - int8_top1) <= s.max_drop:
+        accuracy.update(top1=int8_top1, drop_points=accuracy["int8_drop_points"])
+        return "int8", files.int8, {"metrics": metrics}
+    if report is None:
+        report = files.sensitivity(holdout[:SENSITIVITY_SAMPLES])
+        metrics["sensitivity"] = report.to_dict()
+    _, layers, steps = fallback(report, files.variant, lambda predict: top1(predict, x, y), reference_top1=ref_top1,
+                                int8_top1=int8_top1, max_drop=s.max_drop, max_float_layers=s.max_float_layers)
+    exp = files.final(layers)
+    final_top1 = top1(lambda v: files.run(exp, v), x, y)
+    accuracy.update(top1=final_top1, drop_points=round(100 * (ref_top1 - final_top1), 3))
+    metrics["fallback"] = [step.to_dict() for step in steps]
+    metrics["float_nodes"] = [n for layer in layers for n in layer.nodes]
+    note = (f"{len(layers)} of {len(report.layers)} layers kept float: int8 lost "
+            f"{accuracy['int8_drop_points']:.2f} points of top-1, more than max_drop {s.max_drop:g}; this file "
+            f"loses {accuracy['drop_points']:.2f} on {len(x)} {dataset} test images")
+    return "mixed", exp, {"metrics": metrics, "float_layers": tuple(layer.layer for layer in layers), "note": note}
 
 
 def _manifest(name: str, model: nn.Module, fmt: str, precision: str, exp: Any, parity: ParityReport,
-              pre: Preprocessing, calibration: Calibration | None, weights_file, weights_sha256) -> Manifest:
+              pre: Preprocessing, calibration: Calibration | None, weights_file, weights_sha256,
+              extra: Mapping[str, Any] | None = None) -> Manifest:
     spec = getattr(model, "spec", None)
+    extra = extra or {}
     notes = list(exp.notes)
-    if calibration is not None and calibration.synthetic and precision == "int8":
+    quantized = precision in ("int8", "mixed")
+    if calibration is not None and calibration.synthetic and quantized:
         notes.append("calibrated on SYNTHETIC data: the int8 ranges do not come from real images")
-    metrics = {"parity": parity.to_dict(), **dict(getattr(exp, "metrics", {}) or {})}
+    if extra.get("note"):
+        notes.append(extra["note"])
+    metrics = {"parity": parity.to_dict(), **dict(getattr(exp, "metrics", {}) or {}), **dict(extra.get("metrics", {}))}
     return Manifest(
         model=name, format=fmt, precision=precision, inputs=exp.inputs, outputs=exp.outputs, preprocessing=pre,
         file_sha256=sha256_bytes(exp.model_bytes), arch=None if spec is None else spec.to_dict(),
         weights_sha256=weights_sha256, weights_file=None if weights_file is None else str(Path(weights_file).resolve()),
-        num_classes=model.default_cfg.get("num_classes"), calibration=calibration if precision == "int8" else None,
-        tools=dict(exp.tools), notes=tuple(notes), metrics=metrics)
+        num_classes=model.default_cfg.get("num_classes"), calibration=calibration if quantized else None,
+        float_layers=tuple(extra.get("float_layers", ())), tools=dict(exp.tools), notes=tuple(notes), metrics=metrics)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import difflib
 import importlib.metadata
 import os
 import re
@@ -44,7 +45,7 @@ from torch import nn
 from .artifact import TensorInfo
 
 __all__ = ["TfliteExport", "ConversionError", "QUANT_OPS", "INT8_KERNEL_OPS", "export_tflite_fp32",
-           "export_tflite_int8", "run_tflite", "benchmark_tflite", "op_histogram", "op_list", "io_tensors",
+           "export_tflite_int8", "Int8Plan", "plan_tflite_int8", "quantize_tflite", "weighted_ops", "run_tflite", "benchmark_tflite", "op_histogram", "op_list", "io_tensors",
            "tool_versions"]
 
 QUANT_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -72,7 +73,7 @@ class TfliteExport:
     """One converted flatbuffer and what a manifest needs from it (the caller assembles the Manifest)."""
 
     model_bytes: bytes
-    precision: str  # "fp32" | "int8"
+    precision: str  # "fp32" | "int8" | "mixed" (int8 with the ops of ``float_ops`` left in float)
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     op_histogram: Mapping[str, int]
@@ -82,6 +83,7 @@ class TfliteExport:
     calibration: Mapping[str, Any] = field(default_factory=dict)  # method, samples, io_dtype (int8 only)
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # int8: per float tensor, as used
     notes: tuple[str, ...] = ()
+    float_ops: tuple[str, ...] = ()  # mixed: output tensor names (of the float graph) of the float ops
 
     @property
     def quant_op_count(self) -> int:
@@ -793,7 +795,10 @@ def _qsvs(ranges: Mapping[str, tuple[float, float]], shapes: Mapping[str, tuple[
     return out
 
 
-def _recipe(io_dtype: str):
+def _recipe(io_dtype: str, float_ops: Sequence[str] = ()):
+    """The static int8 recipe for every op, then one NO_QUANTIZE entry per op left float: the recipe
+    manager takes the last matching entry, and an op's scope is its output tensor names joined by
+    ';' with a trailing ';', so an anchored, escaped scope selects that op alone."""
     from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
     rm = recipe_manager.RecipeManager()
     rm.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8,
@@ -802,15 +807,138 @@ def _recipe(io_dtype: str):
         for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
             rm.add_quantization_config(regex=".*", operation_name=op,
                                        algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    for name in float_ops:
+        rm.add_quantization_config(regex=f"^{re.escape(name + ';')}$",
+                                   operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                   algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     return rm.get_quantization_recipe()
 
 
-def _quantize(fp32_bytes: bytes, ranges: Mapping[str, tuple[float, float]], io_dtype: str) -> bytes:
+def _quantize(fp32_bytes: bytes, ranges: Mapping[str, tuple[float, float]], io_dtype: str,
+              float_ops: Sequence[str] = ()) -> bytes:
     from ai_edge_quantizer import quantizer
     shapes = {t["name"]: t["shape"] for op in op_list(fp32_bytes) for t in op["inputs"] + op["outputs"]}
-    q = quantizer.Quantizer(bytearray(fp32_bytes), _recipe(io_dtype))
+    q = quantizer.Quantizer(bytearray(fp32_bytes), _recipe(io_dtype, float_ops))
     result = q.quantize(_qsvs(ranges, shapes), enable_progress_bar=False, enable_progress_report=False)
     return bytes(result.quantized_model)
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """Everything an int8 file is made from, before the quantizer runs: the float graph with the
+    int8 rewrites (``fp32``), the final activation ranges and how they were measured. One plan gives
+    the full-integer file and every mixed variant of it (:func:`quantize_tflite`)."""
+
+    fp32: TfliteExport
+    ranges: Mapping[str, tuple[float, float]]
+    calibration: Mapping[str, Any]
+    seconds: float
+
+
+def plan_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.ndarray, *, method: Any = "minmax",
+                     layout: str = "NHWC", ranges: Mapping[str, tuple[float, float]] | None = None) -> Int8Plan:
+    """Convert ``model`` with the int8 rewrites and measure its activation ranges on ``calib``
+    (see :func:`export_tflite_int8` for the arguments)."""
+    from edgekit.calibration.ranges import RangeEstimator, method_from_name
+    estimator = method if isinstance(method, RangeEstimator) else method_from_name(method)
+    _check_example(example_nchw, layout)
+    calib = _check_calib(calib, tuple(example_nchw.shape[1:]))
+    t0 = time.perf_counter()
+    fp32 = _export_fp32(model, example_nchw, layout, int8_rewrites=True)
+    calib_in = np.ascontiguousarray(calib.transpose(0, 2, 3, 1) if fp32.inputs[0].layout == "NHWC" else calib)
+    with _quiet_tools("TFLite int8 calibration"):
+        measured = _measure_ranges(fp32.model_bytes, calib_in, estimator)
+        unknown = sorted(set(ranges or {}) - set(measured))
+        if unknown:
+            raise ValueError(f"injected ranges name tensors the float graph does not have: {unknown[:3]}; "
+                             f"valid names are the keys of an export's .ranges")
+        measured.update({k: (float(lo), float(hi)) for k, (lo, hi) in (ranges or {}).items()})
+        final = _unify_same_scale(fp32.model_bytes, measured)
+    name = method if isinstance(method, str) else type(method).__name__.lower()
+    return Int8Plan(fp32=fp32, ranges=final, seconds=time.perf_counter() - t0,
+                    calibration={"method": name, "estimator": estimator.to_dict(), "samples": int(len(calib)),
+                                 "injected_ranges": len(ranges or {})})
+
+
+def quantize_tflite(plan: Int8Plan, *, io_dtype: str = "int8", float_ops: Sequence[str] = ()) -> TfliteExport:
+    """The int8 file of ``plan``; ``float_ops`` (output tensor names of ops of ``plan.fp32``, as
+    :func:`weighted_ops` lists them) stay float, with a DEQUANTIZE before and a QUANTIZE after each,
+    which makes the file precision ``"mixed"``."""
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype {io_dtype!r} must be one of {IO_DTYPES}")
+    if isinstance(float_ops, str):
+        raise ValueError(f"float_ops must be a list of op output names, not the string {float_ops!r}")
+    float_ops = tuple(dict.fromkeys(float_ops))
+    outputs = [";".join(t["name"] for t in op["outputs"]) for op in op_list(plan.fp32.model_bytes)]
+    for name in float_ops:
+        if name not in outputs:
+            close = difflib.get_close_matches(name, outputs, n=2)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"float op {name!r} is not an op output of the float graph{hint}")
+    t0 = time.perf_counter()
+    with _quiet_tools("TFLite int8 quantization"):
+        data = _quantize(plan.fp32.model_bytes, plan.ranges, io_dtype, float_ops)
+    ins, outs = io_tensors(data, plan.fp32.inputs[0].layout)
+    return TfliteExport(model_bytes=data, precision="mixed" if float_ops else "int8", inputs=ins, outputs=outs,
+                        op_histogram=op_histogram(data), tools=tool_versions(),
+                        route="litert-torch + ai-edge-quantizer static int8",
+                        convert_seconds=plan.seconds + time.perf_counter() - t0, ranges=plan.ranges,
+                        calibration={**plan.calibration, "io_dtype": io_dtype}, float_ops=float_ops)
+
+
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def weighted_ops(model_bytes: bytes, model: nn.Module | None = None) -> list[dict[str, str]]:
+    """The conv / depthwise conv / FC / transposed conv ops of a float file, in graph order:
+    ``{"op", "output" (its output tensor name: what quantize_tflite's float_ops takes), "layer"}``,
+    ``layer`` being the PyTorch module path of the weighted module the op came from (read from the
+    converter's tensor names, walking ``model``'s children), or the output name when it cannot be."""
+    out = []
+    for op in op_list(model_bytes):
+        if op["op"] not in WEIGHTED_OPS:
+            continue
+        name = ";".join(t["name"] for t in op["outputs"])
+        layer = None
+        if model is not None:  # the graph's output tensor is renamed; the weight still names the module
+            for tensor in [name] + [t["name"] for t in op["inputs"] if t["const"]]:
+                layer = layer or _module_of_tensor(tensor, model)
+        out.append({"op": op["op"], "output": name, "layer": layer or name})
+    return out
+
+
+def _module_of_tensor(name: str, model: nn.Module) -> str | None:
+    """litert-torch names a tensor after the module stacks of the nodes fused into it, joined by ';',
+    each stack ``<class>_<attr>/<class>_<attr>/...`` under the NHWC wrapper. The stack whose last
+    module has a weight of rank >= 2 (the conv, not the BN or activation fused into it) gives the path."""
+    paths = []
+    for loc in name.split(";"):
+        parts = loc.split("/")
+        if len(parts) < 2 or not parts[0].endswith("_ChannelsLast"):
+            continue
+        path = _walk(model, parts[2:]) if parts[1].endswith("_model") else None
+        if path is not None:
+            paths.append(path)
+    for path in paths:
+        weight = getattr(model.get_submodule(path), "weight", None) if path else None
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            return path
+    return paths[0] if paths and paths[0] else None
+
+
+def _walk(model: nn.Module, segments: Sequence[str]) -> str | None:
+    """'features.2.conv' from ['torch.nn.modules.container.Sequential_features', ..., 'torch.nn...Conv2d_conv']."""
+    module, path = model, []
+    for seg in segments:
+        for attr, child in module.named_children():
+            cls = type(child)
+            if seg == f"{cls.__module__}.{cls.__qualname__}_{attr}":
+                module = child
+                path.append(attr)
+                break
+        else:
+            return None
+    return ".".join(path)
 
 
 def export_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.ndarray, *, io_dtype: str = "int8",
@@ -828,37 +956,16 @@ def export_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.n
 
     Before quantizing, ops XNNPACK has no int8 kernel for are rewritten into ones it has (hard-swish,
     PReLU, average pooling; see ``_INT8_REWRITES``), so the int8 file runs as one delegated graph.
+    :func:`plan_tflite_int8` and :func:`quantize_tflite` are the two halves, for mixed variants.
 
     >>> q = export_tflite_int8(model, torch.zeros(1, 1, 64, 64), calib)    # doctest: +SKIP
     >>> q.inputs[0].dtype, q.quant_op_count                                 # doctest: +SKIP
     ('int8', 0)
     """
-    from edgekit.calibration.ranges import RangeEstimator, method_from_name
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype {io_dtype!r} must be one of {IO_DTYPES}")
-    estimator = method if isinstance(method, RangeEstimator) else method_from_name(method)
-    _check_example(example_nchw, layout)
-    calib = _check_calib(calib, tuple(example_nchw.shape[1:]))
-    t0 = time.perf_counter()
-    fp32 = _export_fp32(model, example_nchw, layout, int8_rewrites=True)
-    calib_in = np.ascontiguousarray(calib.transpose(0, 2, 3, 1) if fp32.inputs[0].layout == "NHWC" else calib)
-    with _quiet_tools("TFLite int8 quantization"):
-        measured = _measure_ranges(fp32.model_bytes, calib_in, estimator)
-        unknown = sorted(set(ranges or {}) - set(measured))
-        if unknown:
-            raise ValueError(f"injected ranges name tensors the float graph does not have: {unknown[:3]}; "
-                             f"valid names are the keys of an export's .ranges")
-        measured.update({k: (float(lo), float(hi)) for k, (lo, hi) in (ranges or {}).items()})
-        final = _unify_same_scale(fp32.model_bytes, measured)
-        data = _quantize(fp32.model_bytes, final, io_dtype)
-    seconds = time.perf_counter() - t0
-    ins, outs = io_tensors(data, fp32.inputs[0].layout)
-    name = method if isinstance(method, str) else type(method).__name__.lower()
-    return TfliteExport(model_bytes=data, precision="int8", inputs=ins, outputs=outs, op_histogram=op_histogram(data),
-                        tools=tool_versions(), route="litert-torch + ai-edge-quantizer static int8",
-                        convert_seconds=seconds, ranges=final,
-                        calibration={"method": name, "estimator": estimator.to_dict(), "samples": int(len(calib)),
-                                     "io_dtype": io_dtype, "injected_ranges": len(ranges or {})})
+    plan = plan_tflite_int8(model, example_nchw, calib, method=method, layout=layout, ranges=ranges)
+    return quantize_tflite(plan, io_dtype=io_dtype)
 
 
 def _check_calib(calib: Any, chw: tuple[int, ...]) -> np.ndarray:

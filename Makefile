@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgekit-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages: Fashion-MNIST (real calibration and accuracy data, no downloads at run time).
-APT_PACKAGES := dataset-fashion-mnist
+# Debian packages: Fashion-MNIST (real calibration and accuracy data, no downloads at run time);
+# openssh-server (the ssh device tests and benchmark start a real sshd on 127.0.0.1).
+APT_PACKAGES := dataset-fashion-mnist openssh-server
 
 .PHONY: setup system-deps demo test test-fast clean
 

@@ -1,0 +1,51 @@
+"""``local``: this machine as a device. The agent file is copied to a temporary directory and run
+there as ``python -I agent.py request.json`` in a subprocess, isolated from edgekit's imports
+exactly as on a remote device.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, load_npz, parse_agent_output
+
+__all__ = ["LocalDevice"]
+
+
+class LocalDevice(AgentDevice):
+    def __init__(self, *, python: str | None = None, timeout: float = 1800.0):
+        self.python = python or sys.executable
+        self.timeout = timeout
+        self.address = "local"
+
+    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: list[np.ndarray] | None
+                ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+        with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
+            work = Path(tmp)
+            shutil.copyfile(AGENT_PATH, work / "agent.py")
+            request = dict(request, model=str(model.path))
+            if inputs is not None:
+                request["inputs"] = []
+                for i, x in enumerate(inputs):
+                    np.save(work / f"input_{i}.npy", x)
+                    request["inputs"].append(f"input_{i}.npy")
+            (work / "request.json").write_text(json.dumps(request))
+            try:
+                proc = subprocess.run([self.python, "-I", "agent.py", "request.json"], cwd=work, capture_output=True,
+                                      text=True, timeout=self.timeout)
+            except FileNotFoundError:
+                raise DeviceError(self.address, "start", f"no Python at {self.python}; pass --device-python") from None
+            except subprocess.TimeoutExpired:
+                raise DeviceError(self.address, "run", f"the agent did not finish within {self.timeout:.0f} s") from None
+            result = parse_agent_output(self.address, "run", proc.stdout, proc.stderr, proc.returncode)
+            files = {"outputs": load_npz(work / "outputs.npz")}
+            if inputs is None:
+                files["inputs"] = load_npz(work / "outputs.inputs.npz")
+            return result, files

@@ -1,0 +1,244 @@
+"""``ssh://user@host[:port]``: a device reached with the system OpenSSH client, so ~/.ssh/config,
+keys, the agent and ProxyJump all work. Every command is an argument list; the one string the remote
+shell sees is built from ``shlex.quote``-d parts. Host keys are verified as ssh is configured
+(StrictHostKeyChecking stays as the user set it; pass ``UserKnownHostsFile=...`` with
+``--ssh-option``). BatchMode is on, so a missing key fails fast instead of prompting.
+
+A run is five steps, each named in its error: ``connect`` (check the device Python and numpy,
+make a work directory), ``upload`` (scp the agent and the model unless already cached, the request
+and the inputs), ``verify`` (sha256 of what arrived, then into the content-addressed cache
+``<cache_dir>/models/<sha256>.<ext>``), ``run`` (the agent), ``download`` (scp the outputs back).
+ControlMaster keeps one connection open for all of them and for the next runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ..exporters.artifact import sha256_file
+from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, load_npz, parse_agent_output
+
+__all__ = ["SSHDevice", "parse_ssh_address"]
+
+_SAFE_REMOTE = re.compile(r"^/[A-Za-z0-9._/-]+$")
+
+# Runs on the device with its Python: cache dirs, a work dir, what the cache already holds.
+_PROBE = r"""
+import json, os, sys, tempfile
+cache = os.path.abspath(os.path.expanduser(sys.argv[1]))
+for sub in ("models", "agents"):
+    os.makedirs(os.path.join(cache, sub), exist_ok=True)
+try:
+    import numpy
+    np_version = numpy.__version__
+except ImportError:
+    np_version = None
+work = tempfile.mkdtemp(prefix="edgekit-run-", dir="/tmp" if os.path.isdir("/tmp") else None)
+print(json.dumps({"cache": cache, "work": work, "numpy": np_version, "python": sys.version.split()[0],
+                  "have": [p for p in sys.argv[2:] if os.path.isfile(os.path.join(cache, p))]}))
+"""
+
+# Runs on the device: check each uploaded file's sha256, then move it into the cache atomically.
+_INSTALL = r"""
+import hashlib, json, os, shutil, sys
+work, cache = sys.argv[1], sys.argv[2]
+for name, rel, want in zip(sys.argv[3::3], sys.argv[4::3], sys.argv[5::3]):
+    h = hashlib.sha256()
+    with open(os.path.join(work, name), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != want:
+        print(json.dumps({"ok": False, "kind": "checksum-mismatch", "message":
+              f"{name} arrived with sha256 {h.hexdigest()[:16]}... instead of {want[:16]}...: corrupted in transit"}))
+        sys.exit(3)
+    dest = os.path.join(cache, rel)
+    shutil.copyfile(os.path.join(work, name), dest + ".partial")
+    os.replace(dest + ".partial", dest)
+print(json.dumps({"ok": True}))
+"""
+
+
+def parse_ssh_address(address: str) -> tuple[str | None, str, int | None]:
+    """(user, host, port) of ``ssh://[user@]host[:port]``; a bad port or empty host is an error."""
+    parts = urlsplit(address)
+    if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"device {address!r} must look like ssh://user@host or ssh://user@host:2222")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"device {address!r}: the port must be a number 1..65535") from None
+    return parts.username, parts.hostname, port
+
+
+class SSHDevice(AgentDevice):
+    def __init__(self, address: str, *, python: str = "python3", ssh_options: Sequence[str] = (),
+                 cache_dir: str = ".cache/edgekit", timeout: float = 1800.0, connect_timeout: float = 10.0,
+                 ssh: str = "ssh", scp: str = "scp"):
+        self.user, self.host, self.port = parse_ssh_address(address)
+        self.address = address
+        self.python, self.cache_dir, self.timeout = python, cache_dir, timeout
+        self.ssh_bin, self.scp_bin = ssh, scp
+        for opt in ssh_options:
+            if "=" not in opt or opt.startswith("-"):
+                raise ValueError(f"ssh option {opt!r} must look like Name=value, e.g. UserKnownHostsFile=/path")
+        control = Path(tempfile.gettempdir()) / f"edgekit-ssh-{os.getuid()}"
+        control.mkdir(mode=0o700, exist_ok=True)
+        if control.stat().st_uid != os.getuid():
+            raise ValueError(f"{control} belongs to another user; remove it")
+        # the user's options first: ssh keeps the first value it sees, so they override ours
+        self.options = [*ssh_options, "BatchMode=yes", f"ConnectTimeout={int(connect_timeout)}",
+                        "ControlMaster=auto", f"ControlPath={control}/%C", "ControlPersist=60", "ServerAliveInterval=5",
+                        "ServerAliveCountMax=3"]
+        self.uploads: list[str] = []  # what the last run uploaded (the cache makes repeats upload no model)
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def _opts(self) -> list[str]:
+        return [a for o in self.options for a in ("-o", o)]
+
+    def ssh(self, command: str, *, step: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run ``command`` (already quoted) on the device; a connection failure raises DeviceError."""
+        port = ["-p", str(self.port)] if self.port else []
+        argv = [self.ssh_bin, *self._opts(), *port, self.target, "--", command]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(self.address, step, f"no answer within {timeout or self.timeout:.0f} s") from None
+        except FileNotFoundError:
+            raise DeviceError(self.address, step, f"no ssh client {self.ssh_bin!r}; install openssh-client") from None
+        if proc.returncode == 255:
+            raise DeviceError(self.address, step, self._explain(proc.stderr), kind="connection")
+        return proc
+
+    def _explain(self, stderr: str) -> str:
+        err = stderr.strip()
+        where = f"{self.host}:{self.port or 22}"
+        if "Connection refused" in err:
+            return f"nothing accepts ssh connections at {where} (wrong port, or sshd is not running): {err}"
+        if "Permission denied" in err:
+            return f"authentication as {self.user or 'the default user'} failed at {where}; check the key " \
+                   f"(IdentityFile), ssh-agent and authorized_keys: {err}"
+        if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
+            return f"the host key of {where} is unknown or changed; add it to known_hosts (or pass " \
+                   f"--ssh-option UserKnownHostsFile=FILE): {err}"
+        if "timed out" in err or "No route to host" in err or "Could not resolve" in err:
+            return f"{where} is unreachable: {err}"
+        return f"the connection to {where} failed or was lost (ssh exit 255): {err or 'no message'}"
+
+    def _scp(self, sources: list[str], dest: str, *, step: str) -> None:
+        port = ["-P", str(self.port)] if self.port else []
+        argv = [self.scp_bin, "-q", "-B", *self._opts(), *port, *sources, dest]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(self.address, step, f"scp did not finish within {self.timeout:.0f} s") from None
+        if proc.returncode != 0:
+            err = proc.stderr.strip()
+            if "No space left" in err or "Disk quota" in err:
+                raise DeviceError(self.address, step, f"the device's disk is full: {err}", kind="disk-full")
+            if proc.returncode == 255 or "lost connection" in err or "Connection" in err:
+                raise DeviceError(self.address, step, self._explain(err), kind="connection")
+            raise DeviceError(self.address, step, f"scp failed (exit {proc.returncode}): {err or 'no message'}")
+
+    def _remote(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{host}:{path}"
+
+    def _python(self, code: str, *args: str, step: str) -> subprocess.CompletedProcess:
+        cmd = " ".join(shlex.quote(a) for a in (self.python, "-c", code, *args))
+        proc = self.ssh(cmd, step=step)
+        if proc.returncode == 127:
+            raise DeviceError(self.address, step, f"no Python at {self.python!r} on the device; install Python 3 "
+                                                  f"with numpy or pass --device-python PATH", kind="no-python")
+        return proc
+
+    def _connect(self, want: list[str]) -> dict[str, Any]:
+        proc = self._python(_PROBE, self.cache_dir, *want, step="connect")
+        try:
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            raise DeviceError(self.address, "connect", f"the device Python {self.python!r} failed (exit "
+                                                       f"{proc.returncode}): {proc.stderr.strip()[-500:]}") from None
+        if not info["numpy"]:
+            self._cleanup(info["work"])
+            raise DeviceError(self.address, "connect", f"the device Python {self.python!r} has no numpy; install it "
+                                                       f"(pip install numpy) or pass --device-python", kind="no-numpy")
+        if not _SAFE_REMOTE.match(info["work"]):
+            raise DeviceError(self.address, "connect", f"the device made a work directory {info['work']!r} with "
+                                                       f"characters edgekit will not pass to scp; set TMPDIR")
+        return info
+
+    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: list[np.ndarray] | None
+                ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+        agent_sha = sha256_file(AGENT_PATH)
+        model_rel, agent_rel = f"models/{model.sha256}{model.extension}", f"agents/{agent_sha}.py"
+        info = self._connect([model_rel, agent_rel])
+        work, cache = info["work"], info["cache"]
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgekit-ssh-") as tmp:
+                return self._in_workdir(Path(tmp), work, cache, model, request, inputs,
+                                                        have=set(info["have"]), agent_sha=agent_sha)
+        finally:
+            self._cleanup(work)
+
+    def _in_workdir(self, tmp: Path, work: str, cache: str, model: ModelFile, request: dict[str, Any],
+                    inputs: list[np.ndarray] | None, *, have: set[str], agent_sha: str):
+        request = dict(request, model=f"{cache}/models/{model.sha256}{model.extension}")
+        # the model travels as model.<ext> (a symlink scp follows): its own name may hold any character
+        (tmp / f"model{model.extension}").symlink_to(model.path)
+        uploads, checks = [], []
+        if f"models/{model.sha256}{model.extension}" not in have:
+            uploads.append(str(tmp / f"model{model.extension}"))
+            checks += [f"model{model.extension}", f"models/{model.sha256}{model.extension}", model.sha256]
+        if f"agents/{agent_sha}.py" not in have:
+            uploads.append(str(AGENT_PATH))
+            checks += [AGENT_PATH.name, f"agents/{agent_sha}.py", agent_sha]
+        if inputs is not None:
+            request["inputs"] = []
+            for i, x in enumerate(inputs):
+                np.save(tmp / f"input_{i}.npy", x)
+                uploads.append(str(tmp / f"input_{i}.npy"))
+                request["inputs"].append(f"input_{i}.npy")
+        (tmp / "request.json").write_text(json.dumps(request))
+        uploads.append(str(tmp / "request.json"))
+        self.uploads = [Path(u).name for u in uploads]
+        self._scp(uploads, self._remote(work + "/"), step="upload")
+        if checks:
+            proc = self._python(_INSTALL, work, cache, *checks, step="verify")
+            parse_agent_output(self.address, "verify", proc.stdout, proc.stderr, proc.returncode)
+        cmd = f"cd {shlex.quote(work)} && exec {shlex.quote(self.python)} {shlex.quote(cache + '/agents/' + agent_sha + '.py')} request.json"
+        proc = self.ssh(cmd, step="run")
+        result = parse_agent_output(self.address, "run", proc.stdout, proc.stderr, proc.returncode)
+        wanted = ["outputs.npz"] + (["outputs.inputs.npz"] if inputs is None else [])
+        self._scp([self._remote(f"{work}/{w}") for w in wanted], str(tmp) + "/", step="download")
+        files = {"outputs": load_npz(tmp / "outputs.npz")}
+        if inputs is None:
+            files["inputs"] = load_npz(tmp / "outputs.inputs.npz")
+        result["transfer"] = {"uploaded": list(self.uploads), "model_uploaded": model.sha256 in checks, "workdir": work}
+        return result, files
+
+    def _cleanup(self, work: str) -> None:
+        """Remove the device work directory. After a lost connection this fails too and the directory
+        stays in the device's /tmp; the run's own error is the one reported."""
+        try:
+            self.ssh(f"rm -rf {shlex.quote(work)}", step="cleanup", timeout=30)
+        except DeviceError as e:
+            self.cleanup_error = str(e)
+
+    def close(self) -> None:
+        """Stop the shared master connection now instead of after ControlPersist's 60 s."""
+        port = ["-p", str(self.port)] if self.port else []
+        subprocess.run([self.ssh_bin, *self._opts(), *port, "-O", "exit", self.target], capture_output=True,
+                       timeout=30)

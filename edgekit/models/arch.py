@@ -23,7 +23,7 @@ from torch import nn
 from .layers import ACTIVATIONS, ConvBNAct, make_act
 
 __all__ = ["ArchSpec", "BlockSpec", "StemSpec", "HeadSpec", "BuildContext", "register_block",
-           "block_types", "from_arch", "ArchNet"]
+           "block_types", "build_block", "from_arch", "ArchNet"]
 
 SCHEMA_VERSION = 1
 _ACTS = tuple(sorted(ACTIVATIONS))
@@ -245,6 +245,13 @@ def register_block(type_name: str) -> Callable[[BlockBuilder], BlockBuilder]:
 
 def block_types() -> list[str]:
     return sorted(_BLOCKS)
+
+
+def build_block(spec: BlockSpec, ctx: BuildContext) -> nn.Module:
+    """One block on its own (a supernet's candidate, a latency table's measured unit)."""
+    if spec.type not in _BLOCKS:
+        raise ValueError(f"unknown block type {spec.type!r}; registered types: {sorted(_BLOCKS)}")
+    return _BLOCKS[spec.type](spec, ctx)
 
 
 class ClassifierHead(nn.Module):

@@ -1,0 +1,118 @@
+"""Latency prediction from a LUT: the plain sum of block entries, and an overhead model beside it.
+
+The plain sum assumes blocks run independently (FBNet's assumption). A real runtime adds a roughly
+fixed cost per inference and fuses or schedules ops differently inside a network, so the table also
+carries a linear model ``measured ~ a + b * sum`` fitted on whole networks measured end to end;
+both numbers are reported.
+
+>>> fit_overhead([(1.0, 1.5), (2.0, 2.5), (3.0, 3.5)]).predict(4.0)
+4.5
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..models.arch import ArchSpec
+from .lut import Lut, LutError
+from .space import BlockSig, FBNetV1Space, network_signatures
+
+__all__ = ["OverheadModel", "Prediction", "fit_overhead", "mape", "predict", "with_overhead"]
+
+
+@dataclass(frozen=True)
+class OverheadModel:
+    a_ms: float
+    b: float
+
+    def predict(self, plain_ms: float) -> float:
+        return self.a_ms + self.b * plain_ms
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``plain_ms`` = sum of entries; ``fitted_ms`` = the overhead model applied to it (None when the
+    LUT has none); ``blocks`` = (signature key, ms) per stem / block / head."""
+
+    plain_ms: float
+    fitted_ms: float | None
+    blocks: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plain_ms": self.plain_ms, "fitted_ms": self.fitted_ms,
+                "blocks": [{"signature": k, "ms": v} for k, v in self.blocks]}
+
+
+def _where(i: int, n: int) -> str:
+    return "stem" if i == 0 else "head" if i == n - 1 else f"block {i}"
+
+
+def lookup(sigs: Sequence[BlockSig], lut: Lut) -> list[float]:
+    """The LUT latency of each signature (identity skips cost 0); a missing entry is an error."""
+    out = []
+    for i, sig in enumerate(sigs):
+        if sig.is_identity:
+            out.append(0.0)
+            continue
+        try:
+            out.append(float(lut.entries[sig.key]))
+        except KeyError:
+            raise LutError(f"the LUT has no entry for the {_where(i, len(sigs))} signature {sig.key!r}; the spec is "
+                           f"outside the LUT's space ({lut.space}) or the build is incomplete (`edgekit lut plan` "
+                           f"lists what is missing; `edgekit lut build` resumes)") from None
+    return out
+
+
+def predict(spec: ArchSpec, lut: Lut, *, in_chans: int | None = None, num_classes: int | None = None) -> Prediction:
+    """Predicted latency of ``spec`` (input channels / classes default to the LUT's space).
+
+    >>> predict(spec, load_lut("lut.json")).plain_ms  # doctest: +SKIP
+    """
+    in_chans = in_chans or int(lut.space.get("in_chans", 3))
+    num_classes = num_classes or int(lut.space.get("num_classes", 1000))
+    sigs = network_signatures(spec, in_chans=in_chans, num_classes=num_classes)
+    ms = lookup(sigs, lut)
+    plain = float(sum(ms))
+    model = overhead_of(lut)
+    return Prediction(plain, None if model is None else model.predict(plain),
+                      tuple((s.key, m) for s, m in zip(sigs, ms)))
+
+
+def overhead_of(lut: Lut) -> OverheadModel | None:
+    o = lut.overhead
+    return None if o is None else OverheadModel(float(o["a_ms"]), float(o["b"]))
+
+
+def fit_overhead(pairs: Sequence[tuple[float, float]]) -> OverheadModel:
+    """Least-squares ``measured = a + b * plain`` over (plain sum, measured) pairs of whole networks."""
+    if len(pairs) < 2:
+        raise ValueError(f"the overhead fit needs at least 2 measured networks, got {len(pairs)}")
+    x = np.array([p for p, _ in pairs], dtype=np.float64)
+    y = np.array([m for _, m in pairs], dtype=np.float64)
+    if np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())):
+        raise ValueError("the overhead fit needs networks with different plain sums; sample more varied networks")
+    b, a = np.polyfit(x, y, 1)
+    return OverheadModel(float(a), float(b))
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error, in %."""
+    p, m = np.asarray(predicted, np.float64), np.asarray(measured, np.float64)
+    if len(p) != len(m) or len(m) == 0 or (m <= 0).any():
+        raise ValueError("mape needs equally many predicted and measured values, all measured > 0")
+    return float(np.mean(np.abs(p - m) / m) * 100)
+
+
+def with_overhead(lut: Lut, space: FBNetV1Space, networks: Sequence[Mapping[str, Any]]) -> Lut:
+    """``lut`` with ``networks`` (``{"choices", "ms"}``) appended and the overhead model refitted on all
+    of them; the fit's MAPE (and the plain sum's) is recorded beside it."""
+    all_nets = [*lut.networks, *networks]
+    plain = [sum(lookup(space.signatures(n["choices"]), lut)) for n in all_nets]
+    measured = [float(n["ms"]) for n in all_nets]
+    model = fit_overhead(list(zip(plain, measured)))
+    fitted = [model.predict(p) for p in plain]
+    overhead = {"model": "linear", "a_ms": model.a_ms, "b": model.b, "n": len(all_nets),
+                "mape_plain": mape(plain, measured), "mape_fitted": mape(fitted, measured)}
+    return lut.replace(networks=tuple(dict(n) for n in all_nets), overhead=overhead)

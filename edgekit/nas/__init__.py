@@ -1,0 +1,9 @@
+"""Hardware-aware architecture search over the spaces of ``edgekit.lut``.
+
+>>> from edgekit.nas import DnasConfig
+>>> DnasConfig().temperature(0)
+5.0
+"""
+from .dnas import DnasConfig, SearchResult, SuperNet, fastest_choices, save_spec, search, search_arrays
+
+__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays"]

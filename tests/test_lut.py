@@ -1,0 +1,292 @@
+"""The FBNet v1 search space, the LUT format, its build plan (resume) and the latency predictor."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from edgekit.lut import (CANDIDATES, FBNetV1Space, Lut, LutError, LutMismatchError, NetworkUnit, OrtTimer,
+                         TorchTimer, build_lut, fit_overhead, get_space, load_lut, local_fingerprint, mape,
+                         measure_networks, network_signatures, plan, predict, save_lut)
+from edgekit.models import ArchSpec, BlockSpec, from_arch
+from edgekit.models.fbnet import fbnet_arch, scale_width
+
+torch.set_num_threads(1)
+
+SMALL = dict(resolution=32, width=0.25, in_chans=1, num_classes=10)
+# four layers, same candidates: what a LUT build or a search can afford inside a test
+TINY = FBNetV1Space(resolution=16, width=0.25, in_chans=1, num_classes=10, head_channels=256,
+                    stages=((16, 1, 1), (24, 2, 2), (32, 1, 2)), groups=None)
+
+
+def _torch_lut(space: FBNetV1Space, **kw) -> Lut:
+    timer = TorchTimer(runs=5, warmup=1)
+    return build_lut(space, timer, device=local_fingerprint(timer.runtime, 1), format="torch", precision="fp32",
+                     threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_lut() -> Lut:
+    return _torch_lut(TINY)
+
+
+# ---- space ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("knobs", [{}, SMALL], ids=["imagenet", "fashion-mnist"])
+def test_space_has_22_layers_of_9_candidates(knobs):
+    space = get_space("fbnet-v1", **knobs)
+    assert len(space.layers) == 22
+    assert len(CANDIDATES) == 9
+    for layer in space.layers:
+        cands = space.candidates(layer)
+        assert len(set(cands)) == 9
+        assert {(b.kernel, b.expansion, b.groups) for b in cands if b.type == "ir"} == {
+            (3, 1, 1), (3, 1, 2), (3, 3, 1), (3, 6, 1), (5, 1, 1), (5, 1, 2), (5, 3, 1), (5, 6, 1)}
+    if not knobs:  # paper Table 1
+        assert [l.out_channels for l in space.layers] == [16] + [24] * 4 + [32] * 4 + [64] * 4 + [112] * 4 + [184] * 4 + [352]
+        assert [l.stride for l in space.layers if l.block == 1] == [1, 2, 2, 2, 1, 2, 1]
+        assert [l.in_shape[1] for l in (space.layers[0], space.layers[-1])] == [112, 7]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sampled_points_build_and_round_trip(seed):
+    space = get_space("fbnet-v1", **SMALL)
+    choices = space.sample(seed)
+    assert choices == space.sample(seed)  # seeded
+    spec = space.spec(choices)
+    assert ArchSpec.from_json(spec.to_json()) == spec
+    assert space.spec_to_choices(ArchSpec.from_json(spec.to_json())) == choices
+    net = from_arch(spec, num_classes=10, in_chans=1).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_sampling_covers_every_candidate():
+    space = get_space("fbnet-v1", **SMALL)
+    seen = {c for seed in range(10) for c in space.sample(seed)}
+    assert seen == set(CANDIDATES)
+
+
+@pytest.mark.parametrize("name", ["fbnet_a", "fbnet_b", "fbnet_c"])
+def test_zoo_fbnets_are_points_of_the_space(name):
+    space = get_space("fbnet-v1", head_channels=1504 if name == "fbnet_a" else 1984)
+    choices = space.spec_to_choices(fbnet_arch(name))
+    assert space.spec(choices, name=name) == fbnet_arch(name)
+    # width scaling of the space matches the zoo's
+    small = get_space("fbnet-v1", width=0.5, head_channels=space.head_channels)
+    assert small.spec(choices, name=name) == scale_width(fbnet_arch(name), 0.5)
+
+
+def test_out_of_space_spec_names_the_layer():
+    space = get_space("fbnet-v1", **SMALL)
+    spec = space.spec(space.sample(0))
+    blocks = list(spec.blocks)
+    blocks[6] = BlockSpec("ir", blocks[6].out_channels, kernel=7, stride=1, expansion=6.0)
+    with pytest.raises(ValueError) as e:
+        space.spec_to_choices(spec.replace(stages=(tuple(blocks),)))
+    msg = str(e.value)
+    assert "layer 7 (stage 3 block 2): k7 e6 is not a candidate" in msg
+    assert "candidates are k3 e1, k3 e1 g2, k3 e3, k3 e6, k5 e1, k5 e1 g2, k5 e3, k5 e6, skip" in msg
+
+
+def test_out_of_space_macro_is_named():
+    with pytest.raises(ValueError, match="head_channels"):
+        get_space("fbnet-v1").spec_to_choices(fbnet_arch("fbnet_a"))
+    with pytest.raises(ValueError, match="resolution 224 differs"):
+        get_space("fbnet-v1", resolution=192).spec_to_choices(fbnet_arch("fbnet_c"))
+    with pytest.raises(ValueError, match="22 layers"):
+        get_space("fbnet-v1").spec_to_choices(fbnet_arch("fbnet_c").replace(stages=fbnet_arch("fbnet_c").stages[:4]))
+
+
+def test_bad_choices_and_knobs_are_refused():
+    space = get_space("fbnet-v1", **SMALL)
+    with pytest.raises(ValueError, match="did you mean k5_e6"):
+        space.spec(("k5_e7",) + space.sample(0)[1:])
+    with pytest.raises(ValueError, match="needs 22 choices"):
+        space.spec(space.sample(0)[:3])
+    with pytest.raises(ValueError, match="unknown search space 'fbnet-v2'"):
+        get_space("fbnet-v2")
+    with pytest.raises(ValueError, match="resolution 0 must be an int >= 1"):
+        get_space("fbnet-v1", resolution=0)
+    with pytest.raises(ValueError, match="width"):
+        get_space("fbnet-v1", width=0)
+
+
+def test_signatures_are_canonical_and_enumerated():
+    space = get_space("fbnet-v1", **SMALL)
+    sigs = space.distinct_signatures()
+    keys = [s.key for s in sigs]
+    assert len(keys) == len(set(keys)) == 104  # 108 (candidate, shape) pairs - 6 identity skips + stem + head
+    assert keys[0] == "stem:k3:relu|in=1x32x32|out=8|s=2"
+    assert "ir:k5:e6:g1:relu|in=8x16x16|out=8|s=2" in keys
+    assert len(space.distinct_signatures(include_identity=True)) == 110
+    for seed in range(3):  # the space's signatures are the ones a network walk gives
+        choices = space.sample(seed)
+        walked = network_signatures(space.spec(choices), in_chans=1, num_classes=10)
+        assert [s.key for s in walked] == [s.key for s in space.signatures(choices)]
+
+
+def test_signature_modules_take_their_inputs():
+    for sig in TINY.distinct_signatures():
+        with torch.no_grad():
+            y = sig.module()(sig.example())
+        assert tuple(y.shape[1:]) == (sig.out_shape if sig.kind != "head" else (TINY.num_classes,))
+
+
+# ---- LUT format ----------------------------------------------------------------------------------
+
+def test_lut_round_trips_and_predict_sums(tmp_path, tiny_lut):
+    path = save_lut(tiny_lut, tmp_path / "lut.json")
+    lut = load_lut(path, format="torch", precision="fp32", threads=1, device={"device": "local"})
+    assert lut == tiny_lut
+    for seed in range(4):
+        choices = TINY.sample(seed)
+        pred = predict(TINY.spec(choices), lut)
+        expect = sum(lut.entries[s.key] for s in TINY.signatures(choices) if not s.is_identity)
+        assert pred.plain_ms == pytest.approx(expect, rel=1e-12)
+        assert len(pred.blocks) == len(TINY.layers) + 2
+        assert pred.fitted_ms is None  # no networks measured, no overhead model
+    assert predict(TINY.spec(("skip",) * 4), lut).plain_ms < predict(TINY.spec(("k5_e6",) * 4), lut).plain_ms
+
+
+def test_predict_names_a_missing_entry(tiny_lut):
+    spec = TINY.spec(("k3_e3",) * 4)
+    key = TINY.signatures(("k3_e3",) * 4)[2].key
+    partial = tiny_lut.replace(entries={k: v for k, v in tiny_lut.entries.items() if k != key})
+    with pytest.raises(LutError, match=r"block 2 signature .*lut plan"):
+        predict(spec, partial)
+
+
+def test_mismatched_lut_is_refused(tmp_path, tiny_lut):
+    path = save_lut(tiny_lut, tmp_path / "lut.json")
+    with pytest.raises(LutMismatchError, match="format is 'torch', expected 'tflite'"):
+        load_lut(path, format="tflite")
+    with pytest.raises(LutMismatchError, match="precision is 'fp32', expected 'int8'.*threads is 1, expected 4"):
+        load_lut(path, precision="int8", threads=4)
+    with pytest.raises(LutMismatchError, match="device cpu is .*expected 'Cortex-A76'"):
+        load_lut(path, device={"cpu": "Cortex-A76"})
+    with pytest.raises(LutMismatchError, match="device device is 'local', expected 'ssh://pi@rpi'"):
+        load_lut(path, device="ssh://pi@rpi")
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda text, d: text[: len(text) // 2], "does not parse"),
+    (lambda text, d: json.dumps([1, 2]), "must be a JSON object"),
+    (lambda text, d: json.dumps({**d, "schema_version": 99}), "schema_version 99 is not supported"),
+    (lambda text, d: json.dumps({**d, "schema": "other"}), "not an edgekit LUT"),
+    (lambda text, d: json.dumps({k: v for k, v in d.items() if k != "entries"}), r"lacks field\(s\) \['entries'\]"),
+    (lambda text, d: json.dumps({**d, "entries": {**d["entries"], next(iter(d["entries"])): -1.0}}), "latency -1.0"),
+    (lambda text, d: json.dumps({**d, "entries": {**d["entries"], next(iter(d["entries"])): math.nan}}), "latency nan"),
+    (lambda text, d: json.dumps({**d, "entries": {"conv3x3": 1.0}}), "not a block signature"),
+    (lambda text, d: json.dumps({**d, "unit": "us"}), "unit 'us' must be 'ms'"),
+    (lambda text, d: json.dumps({**d, "threads": 0}), "threads 0"),
+    (lambda text, d: json.dumps({**d, "device": {}}), "fingerprint"),
+    (lambda text, d: json.dumps({**d, "typo_field": 1}), "unknown field"),
+])
+def test_corrupt_lut_is_refused(tmp_path, tiny_lut, corrupt, message):
+    text = tiny_lut.to_json()
+    path = tmp_path / "lut.json"
+    path.write_text(corrupt(text, json.loads(text)))
+    with pytest.raises(LutError, match=message) as e:
+        load_lut(path)
+    assert str(path) in str(e.value) and "corrupt" in str(e.value)
+
+
+def test_missing_lut_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(LutError, match="does not exist; build one with `edgekit lut build`"):
+        load_lut(tmp_path / "nope.json")
+
+
+# ---- build plan and resume -----------------------------------------------------------------------
+
+class _Recording:
+    """A real timer that records what it measured and can die after ``fail_after`` calls."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.timer = TorchTimer(runs=3, warmup=1)
+        self.fail_after, self.calls, self.measured = fail_after, 0, []
+
+    def __call__(self, units):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("connection to the device lost")
+        self.calls += 1
+        self.measured += [u.key for u in units]
+        return self.timer(units)
+
+
+def test_resumed_build_measures_only_what_is_missing(tmp_path):
+    out = tmp_path / "lut.json"
+    fp = local_fingerprint("torch", 1)
+    first = _Recording(fail_after=2)
+    with pytest.raises(RuntimeError, match="connection"):
+        build_lut(TINY, first, device=fp, format="torch", precision="fp32", threads=1, out=out, chunk=5)
+    stored = load_lut(out)
+    assert sorted(stored.entries) == sorted(first.measured) and len(first.measured) == 10
+    missing = plan(TINY, stored)
+    assert len(missing) == len(TINY.distinct_signatures()) - 10
+
+    second = _Recording()
+    lut = build_lut(TINY, second, device=fp, format="torch", precision="fp32", threads=1, out=out, chunk=5)
+    assert set(second.measured).isdisjoint(first.measured)
+    assert sorted(second.measured) == sorted(s.key for s in missing)
+    assert {k: lut.entries[k] for k in stored.entries} == dict(stored.entries)  # stored values kept
+    assert plan(TINY, load_lut(out)) == []
+
+    third = _Recording()
+    build_lut(TINY, third, device=fp, format="torch", precision="fp32", threads=1, out=out)
+    assert third.calls == 0
+
+
+def test_resume_refuses_another_target_or_space(tmp_path, tiny_lut):
+    out = save_lut(tiny_lut, tmp_path / "lut.json")
+    timer = TorchTimer(runs=2, warmup=0)
+    with pytest.raises(LutMismatchError, match="format is 'torch', expected 'onnx'"):
+        build_lut(TINY, timer, device=dict(tiny_lut.device), format="onnx", precision="fp32", threads=1, out=out)
+    other = get_space("fbnet-v1", **SMALL)
+    with pytest.raises(LutError, match="another space"):
+        build_lut(other, timer, device=dict(tiny_lut.device), format="torch", precision="fp32", threads=1, out=out)
+
+
+def test_measure_must_return_one_latency_per_block():
+    with pytest.raises(ValueError, match="returned 0 latencies for 8 blocks"):
+        build_lut(TINY, lambda units: [], device={"device": "local"}, format="torch", precision="fp32", threads=1)
+
+
+# ---- overhead model ------------------------------------------------------------------------------
+
+def test_fit_overhead_recovers_a_line_and_refuses_degenerate_data():
+    model = fit_overhead([(1.0, 2.3), (2.0, 3.8), (4.0, 6.8)])
+    assert (model.a_ms, model.b) == (pytest.approx(0.8), pytest.approx(1.5))
+    assert mape([2.0], [2.0]) == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_overhead([(1.0, 1.0)])
+    with pytest.raises(ValueError, match="different plain sums"):
+        fit_overhead([(1.0, 1.0), (1.0, 2.0)])
+
+
+def test_measure_networks_stores_networks_and_fit(tiny_lut):
+    lut = measure_networks(tiny_lut, TINY, TorchTimer(runs=5, warmup=1), samples=4)
+    assert len(lut.networks) == 4 and lut.overhead["n"] == 4
+    pred = predict(TINY.spec(TINY.sample(9)), lut)
+    assert pred.fitted_ms == pytest.approx(lut.overhead["a_ms"] + lut.overhead["b"] * pred.plain_ms)
+    assert Lut.from_json(lut.to_json()) == lut
+
+
+@pytest.mark.slow
+def test_onnxruntime_lut_and_overhead_fit_reduce_error(tmp_path):
+    """ONNX fp32 blocks timed in onnxruntime: the plain sum counts the per-session run cost once per
+    block, so it misses whole-network latency; the linear overhead fit (on other networks) corrects it."""
+    timer = OrtTimer(runs=30, warmup=5)
+    out = tmp_path / "ort.json"
+    lut = build_lut(TINY, timer, device=local_fingerprint(timer.runtime, 1), format="onnx", precision="fp32",
+                    threads=1, out=out)
+    assert plan(TINY, load_lut(out, format="onnx")) == []
+    lut = measure_networks(lut, TINY, timer, samples=8, seed=1)
+    held_out = [TINY.sample(1000 + i) for i in range(5)]
+    measured = timer([NetworkUnit(TINY.spec(c, name=f"h{i}"), 1, 10) for i, c in enumerate(held_out)])
+    preds = [predict(TINY.spec(c), lut) for c in held_out]
+    plain = mape([p.plain_ms for p in preds], measured)
+    fitted = mape([p.fitted_ms for p in preds], measured)
+    assert fitted < plain, (plain, fitted, lut.overhead)

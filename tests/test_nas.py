@@ -1,0 +1,154 @@
+"""FBNet v1 DNAS: the supernet's differentiable latency, the search's response to its latency
+pressure, the target handling, the CLI, and the searched spec going through export."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.cli import main
+from edgekit.lut import CANDIDATES, FBNetV1Space, Lut, TorchTimer, build_lut, get_space, local_fingerprint, predict, save_lut
+from edgekit.models import ArchSpec
+from edgekit.nas import DnasConfig, SuperNet, fastest_choices, search, search_arrays
+from edgekit.nas.dnas import load_arrays
+
+torch.set_num_threads(1)
+
+TINY = FBNetV1Space(resolution=16, width=0.25, in_chans=1, num_classes=10, head_channels=256,
+                    stages=((16, 1, 1), (24, 2, 2), (32, 1, 2)), groups=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_lut() -> Lut:
+    timer = TorchTimer(runs=5, warmup=1)
+    return build_lut(TINY, timer, device=local_fingerprint(timer.runtime, 1), format="torch", precision="fp32",
+                     threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_arrays(TINY, "fashion-mnist", 960)
+
+
+def test_temperature_schedule_and_config_checks():
+    cfg = DnasConfig()
+    assert cfg.temperature(0) == 5.0
+    assert cfg.temperature(10) == pytest.approx(5.0 * math.exp(-0.45))
+    with pytest.raises(ValueError, match="warmup_epochs 3 must be in"):
+        DnasConfig(epochs=3, warmup_epochs=3)
+    with pytest.raises(ValueError, match="target_ms -1"):
+        DnasConfig(target_ms=-1.0)
+    with pytest.raises(ValueError, match="split 1.2"):
+        DnasConfig(split=1.2)
+
+
+def test_supernet_latency_is_the_lut_expectation_and_differentiable(tiny_lut):
+    torch.manual_seed(0)
+    net = SuperNet(TINY, tiny_lut)
+    choices = TINY.sample(3)
+    with torch.no_grad():  # theta peaked on one choice per layer: E[LAT] -> that point's LUT sum
+        net.theta.zero_()
+        for row, c in zip(net.theta, choices):
+            row[CANDIDATES.index(c)] = 40.0
+    assert net.expected_ms() == pytest.approx(predict(TINY.spec(choices), tiny_lut).plain_ms, rel=1e-5)
+    assert net.choices() == choices
+    logits, latency = net(torch.randn(4, 1, 16, 16), tau=5.0)
+    assert logits.shape == (4, 10)
+    latency.backward()
+    grad = net.theta.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_fastest_point_is_the_per_layer_minimum(tiny_lut):
+    choices, ms = fastest_choices(TINY, tiny_lut)
+    assert ms == pytest.approx(predict(TINY.spec(choices), tiny_lut).plain_ms)
+    for seed in range(20):
+        assert predict(TINY.spec(TINY.sample(seed)), tiny_lut).plain_ms >= ms - 1e-12
+
+
+def test_target_below_the_fastest_point_returns_it_and_says_so(tiny_lut, tiny_data):
+    _, fast_ms = fastest_choices(TINY, tiny_lut)
+    x, y = tiny_data
+    result = search_arrays(TINY, tiny_lut, x, y, config=DnasConfig(target_ms=fast_ms / 2, limit=None))
+    assert result.prediction.plain_ms == pytest.approx(fast_ms)
+    assert result.history == ()  # nothing to train for
+    assert "below the fastest point" in result.notes[0]
+
+
+def test_search_refuses_a_lut_of_another_space(tiny_lut):
+    other = get_space("fbnet-v1", resolution=32, width=0.25, in_chans=1, num_classes=10)
+    with pytest.raises(ValueError, match="the LUT was built for space"):
+        search(other, tiny_lut, config=DnasConfig())
+
+
+def _search(lut, data, **kw) -> float:
+    x, y = data
+    cfg = DnasConfig(epochs=4, warmup_epochs=1, batch_size=32, limit=None, theta_lr=0.05, seed=0, **kw)
+    result = search_arrays(TINY, lut, x, y, config=cfg)
+    assert len(result.history) == 4 and all(math.isfinite(h["w_loss"]) for h in result.history)
+    return result.prediction.plain_ms
+
+
+@pytest.mark.slow
+def test_more_latency_pressure_gives_a_faster_architecture(tiny_lut, tiny_data):
+    """A lower target (and, without a target, a larger beta) must give an architecture the LUT
+    predicts faster. (alpha multiplies the whole product-form loss, so it is not the lever; the
+    latency measured on a device comes once device runners feed the LUT.)"""
+    _, fast_ms = fastest_choices(TINY, tiny_lut)
+    free = _search(tiny_lut, tiny_data)
+    pressed = _search(tiny_lut, tiny_data, beta=20.0)
+    low = _search(tiny_lut, tiny_data, target_ms=fast_ms * 1.05)
+    assert pressed < free, (pressed, free)
+    assert low < free, (low, free)
+    assert low < (free + fast_ms) / 2, (low, free, fast_ms)  # most of the way to the fastest point
+
+
+@pytest.mark.slow
+def test_nas_search_cli_writes_a_spec_that_exports_and_runs(tmp_path, tiny_lut):
+    from edgekit.export import ExportSettings, export
+    from edgekit.train import build_model
+
+    lut_path = save_lut(tiny_lut, tmp_path / "lut.json")
+    out = tmp_path / "spec.json"
+    _, fast_ms = fastest_choices(TINY, tiny_lut)
+    rc = main(["nas", "search", "--space", "fbnet-v1", "--lut", str(lut_path), "--data", "fashion-mnist",
+               "--target-ms", f"{fast_ms * 1.3:.6f}", "--out", str(out), "--epochs", "2", "--limit", "640",
+               "--batch-size", "32", "--format", "torch"])
+    assert rc == 0
+    spec = ArchSpec.from_json(out.read_text())
+    choices = TINY.spec_to_choices(spec)
+    assert len(choices) == len(TINY.layers)
+
+    model = build_model(arch=spec, num_classes=10, in_chans=1, resolution=TINY.resolution)
+    files = export(model, name="searched", out=tmp_path,
+                   settings=ExportSettings(formats=("onnx",), precisions=("fp32",), holdout=16))
+    assert files[0].parity.sqnr_db > 60
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(files[0].artifact.path), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 16, 16), np.float32)})
+    assert logits.shape == (1, 10)
+
+
+def test_cli_refuses_a_target_mismatch(tmp_path, tiny_lut, capsys):
+    lut_path = save_lut(tiny_lut, tmp_path / "lut.json")
+    rc = main(["nas", "search", "--lut", str(lut_path), "--out", str(tmp_path / "s.json"), "--format", "tflite"])
+    assert rc == 2
+    assert "format is 'torch', expected 'tflite'" in capsys.readouterr().err
+
+
+def test_cli_lut_plan_and_predict(tmp_path, tiny_lut, capsys):
+    rc = main(["lut", "plan", "--resolution", "32", "--width", "0.25", "--in-chans", "1", "--num-classes", "10",
+               "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["total"] == 104 and len(doc["missing"]) == 104
+    lut_path = save_lut(tiny_lut, tmp_path / "lut.json")
+    spec_path = tmp_path / "spec.json"
+    choices = TINY.sample(2)
+    spec_path.write_text(TINY.spec(choices).to_json())
+    assert main(["lut", "predict", "--lut", str(lut_path), "--arch", str(spec_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plain_ms"] == pytest.approx(predict(TINY.spec(choices), tiny_lut).plain_ms)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -119,14 +121,19 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
         samples = int(n)
     settings = ExportSettings(formats=tuple(args.format.split(",")), precisions=tuple(args.precision.split(",")),
                               calib=source, calib_samples=samples, calib_method=args.calib_method,
-                              synthetic=args.synthetic_calib, io_dtype=args.io_dtype, force=args.force)
+                              synthetic=args.synthetic_calib, io_dtype=args.io_dtype, force=args.force,
+                              max_drop=args.max_drop, max_float_layers=args.max_float_layers,
+                              sensitivity=args.sensitivity is not None)
     model, name, weights, sha = _export_model(args)
     files = export(model, name=name, out=args.out, settings=settings, weights_file=weights, weights_sha256=sha)
     if args.json:
         print(json.dumps({"artifacts": [{"path": str(f.artifact.path), "manifest": str(f.artifact.manifest_path),
                                          "format": f.artifact.manifest.format,
                                          "precision": f.artifact.manifest.precision, "size_bytes": f.size_bytes,
-                                         "parity": f.parity.to_dict(), "notes": list(f.notes)} for f in files]},
+                                         "parity": f.parity.to_dict(), "notes": list(f.notes),
+                                         "float_layers": list(f.artifact.manifest.float_layers),
+                                         **{k: f.artifact.manifest.metrics[k] for k in ("accuracy", "sensitivity")
+                                            if k in f.artifact.manifest.metrics}} for f in files]},
                          indent=2))
         return 0
     if settings.synthetic:
@@ -143,7 +150,32 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
     for f in files:
         for note in f.notes:
             out.print(f"note ({f.artifact.path.name}): {note}", markup=False, highlight=False)
+    _print_fallback(files, args.sensitivity, out)
     return 0
+
+
+def _print_fallback(files, top: int | None, out: Console) -> None:
+    """The top-1 drop behind --max-drop and the --sensitivity table, per int8 / mixed file."""
+    from .calibration.sensitivity import format_table
+
+    for f in files:
+        m = f.artifact.manifest
+        acc, sens = m.metrics.get("accuracy"), m.metrics.get("sensitivity")
+        if acc:
+            line = (f"{f.artifact.path.name}: top-1 {100 * acc['top1']:.2f} % vs fp32 {100 * acc['fp32_top1']:.2f} % "
+                    f"(drop {acc['drop_points']:.2f} points, max {acc['max_drop_points']:g}; int8 alone "
+                    f"{acc['int8_drop_points']:.2f}) on {acc['samples']} test images")
+            if m.float_layers:
+                line += f"; float layers: {', '.join(m.float_layers)}"
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        if sens and top:
+            table = Table(title=f"{f.artifact.path.name}: {top} most int8-sensitive of {len(sens['layers'])} layers "
+                                f"({sens['samples']} held-out images)")
+            for col in ("#", "layer", "op", "SQNR dB, only it int8", "SQNR dB, own output in int8 file"):
+                table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+            for row in format_table(sens, top):
+                table.add_row(*row)
+            out.print(table)
 
 
 def cmd_validate(args: argparse.Namespace, out: Console) -> int:
@@ -160,6 +192,95 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     else:
         line += "; no PyTorch weights recorded, so no reference accuracy"
     out.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    from .devices.base import DeviceError
+    from .devices.measure import measure
+    from .devices.stats import Protocol
+
+    protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs,
+                        max_runs=args.max_runs or max(args.runs, 4 * args.runs), target_cv=args.target_cv,
+                        pin=not args.no_pin)
+    done = []
+    for artifact in args.artifacts:
+        try:
+            m = measure(artifact, device=args.device, protocol=protocol, compare=args.compare, data=args.data,
+                        samples=args.samples, weights=args.weights, store=not args.no_store,
+                        profile=args.device_profile, python=args.device_python, ssh_options=args.ssh_option,
+                        cache_dir=args.device_cache, adb=args.adb, benchmark_binary=args.benchmark_binary)
+        except DeviceError as e:
+            Console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+            return 3
+        done.append(m)
+        if not args.json:
+            _print_run(m, out)
+    if args.json:
+        docs = [m.to_dict() for m in done]
+        print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2))
+    elif len(done) > 1:
+        out.print(_run_table(list(zip(args.artifacts, done))))
+    return 0
+
+
+def _print_run(m, out: Console) -> None:
+    r, fp = m.result, m.result.fingerprint
+    say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
+    say(f"{r.model} ({r.format} {r.precision}) on {r.device}: {r.stats.format()}")
+    say(f"  {fp.get('runtime')} {fp.get('runtime_version')}, {fp.get('threads')} thread(s), cores "
+        f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}, {fp.get('cores')} cores), "
+        f"load {r.conditions.get('load_average_before')}")
+    say(f"  inputs: {m.inputs_source}")
+    if m.parity:
+        for name, rep in m.parity.items():
+            say(f"  parity {name}: {rep.format()}")
+    else:
+        say(f"  parity: {m.parity_note}")
+    for note in r.notes:
+        say(f"  note: {note}")
+    if m.stored_id is not None:
+        say(f"  stored as result {m.stored_id}")
+
+
+def _run_table(done) -> Table:
+    """One row per (file, measurement): the summary `make demo` ends with."""
+    first = done[0][1].result
+    table = Table(title=f"on {first.device}, {first.fingerprint.get('threads')} thread(s)")
+    for col in ("file", "format", "precision", "median ms", "p90 ms", "CV %", "SQNR dB", "top-1 agree"):
+        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right")
+    for path, m in done:
+        r = m.result
+        rep = next(iter(m.parity.values())) if m.parity else None
+        med = "-" if r.stats.median_ms is None else f"{r.stats.median_ms:.3f}"
+        p90 = "-" if r.stats.p90_ms is None else f"{r.stats.p90_ms:.3f}"
+        sqnr = "-" if rep is None else f"{rep.sqnr_db:.1f}"
+        agree = "-" if rep is None or rep.top1_agreement is None else f"{100 * rep.top1_agreement:.1f} %"
+        table.add_row(Path(path).name, r.format, r.precision,
+                      med, p90, f"{100 * r.stats.cv:.1f}", sqnr, agree)
+    return table
+
+
+def cmd_results(args: argparse.Namespace, out: Console) -> int:
+    from .devices.store import ResultStore
+
+    store = ResultStore()
+    rows = store.query(model=args.model, device=args.device, format=args.format, precision=args.precision)
+    if args.json:
+        for r in rows:
+            r.pop("latencies_ns")
+        print(json.dumps({"database": str(store.path), "results": rows}, indent=2))
+        return 0
+    table = Table(title=f"{len(rows)} result(s) in {store.path}")
+    for col in ("id", "model", "device", "format", "precision", "median ms", "p90 ms", "CV %", "runtime", "threads"):
+        table.add_column(col, justify="right" if col in ("id", "median ms", "p90 ms", "CV %", "threads") else "left")
+    for r in rows:
+        fp = r["fingerprint"]
+        med = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
+        p90 = "-" if r["p90_ms"] is None else f"{r['p90_ms']:.3f}"
+        table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], med, p90,
+                      f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}", str(fp.get("threads")))
+    out.print(table)
     return 0
 
 
@@ -208,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-calib", action="store_true", help="calibrate on random data (flagged everywhere)")
     p.add_argument("--io-dtype", default="int8", choices=("int8", "float32"), help="TFLite int8 file inputs/outputs")
     p.add_argument("--force", action="store_true", help="write int8 files below the SQNR floor too")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="top-1 points int8 may lose to fp32; beyond, the most sensitive layers stay float (mixed)")
+    p.add_argument("--max-float-layers", type=int, metavar="N", help="at most N float layers for --max-drop")
+    p.add_argument("--sensitivity", type=int, nargs="?", const=10, metavar="N",
+                   help="measure per-layer int8 sensitivity and print the N most sensitive (default 10)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("validate", help="top-1 of an exported file and of its PyTorch source on real data")
@@ -231,6 +357,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("run", help="run an exported (or third-party) file on a device: outputs, latency, parity")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                   help=".onnx or .tflite file(s) (each with its manifest beside it, if any)")
+    p.add_argument("--device", default="local", help="local, ssh://user@host[:port] or adb://SERIAL")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50, help="timed runs (at least; more while the CV is high)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--max-runs", type=int, help="cap on timed runs (default 4 x --runs)")
+    p.add_argument("--target-cv", type=float, default=0.10, help="time more runs while the CV is above this")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the agent to cores")
+    p.add_argument("--compare", action="store_true", help="run the PyTorch reference on the same inputs")
+    p.add_argument("--data", default="fashion-mnist", help="images to feed (test split)")
+    p.add_argument("--samples", type=int, default=16, help="input batches to run and compare")
+    p.add_argument("--weights", help="PyTorch weights for --compare (default: the manifest's)")
+    p.add_argument("--device-python", help="Python on the device (default python3; local: this one)")
+    p.add_argument("--device-profile", help="JSON/TOML device profile: python, ssh_options, cache_dir, ...")
+    p.add_argument("--device-cache", help="model cache directory on an ssh device (default .cache/edgekit)")
+    p.add_argument("--ssh-option", action="append", default=[], help="extra ssh -o option, e.g. "
+                   "UserKnownHostsFile=/path (repeatable)")
+    p.add_argument("--adb", help="adb executable (default: adb on PATH)")
+    p.add_argument("--benchmark-binary", help="TFLite benchmark_model binary for adb devices")
+    p.add_argument("--no-store", action="store_true", help="do not append the result to the results store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("results", help="list stored measurements")
+    p.add_argument("--model")
+    p.add_argument("--device")
+    p.add_argument("--format")
+    p.add_argument("--precision")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_results)
+    from .lut.commands import add_lut_commands
+    from .nas.commands import add_nas_commands
+    add_lut_commands(sub)
+    add_nas_commands(sub)
     return parser
 
 

@@ -12,7 +12,13 @@ The request (JSON) names the model file, its sha256, the manifest (or null for a
 the inputs ``.npy`` files (or null: seeded random inputs matched to each input's dtype and shape),
 threads, warm-up, runs, the CV target and run cap, and the cores to pin to. The agent writes the
 outputs ``.npz`` and a result JSON (also printed as the last line on stdout): runtime name and
-version, delegate, threads, CPU model, cores, arch, OS, load average, per-run latencies in ns. A
+version, delegate, threads, CPU model, cores, arch, OS, load average, per-run latencies in ns.
+
+With ``"intermediates": true`` in the request the agent also returns every op's output (see
+``Intermediates``), stacked over the samples in the same ``.npz`` as ``layer_<k>`` (k in graph
+order), and the result JSON lists them under ``"intermediates"`` (key, tensor name, producing op,
+op type). They come from a second copy of the model opened for that purpose, so the timed runs use
+the file exactly as it is. ONNX needs the ``onnx`` package on the device for this. A
 failure is a result JSON too, ``{"ok": false, "kind": ..., "message": ...}``, with a non-zero exit:
 kinds are ``bad-request``, ``bad-input``, ``runtime-missing``, ``model-rejected``, ``checksum-mismatch``,
 ``interrupted`` and ``internal``.
@@ -24,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["RuntimeMissing", "Runner", "tflite_runtime_info", "quantize", "dequantize", "AgentError", "main"]
+__all__ = ["RuntimeMissing", "Runner", "Intermediates", "INTERMEDIATE_PREFIX", "tflite_runtime_info", "quantize", "dequantize", "AgentError", "main"]
 
 _TFLITE_RUNTIMES = (
     ("ai_edge_litert", "ai_edge_litert.interpreter"),
@@ -196,6 +202,119 @@ class Runner:
             else:
                 outs.append(y.astype(np.float32))
         return outs
+
+
+INTERMEDIATE_PREFIX = "layer_"
+_ONNX_SKIP = frozenset({"Constant", "ConstantOfShape", "Shape", "Size", "QuantizeLinear", "DequantizeLinear",
+                        "Identity"})
+
+
+class Intermediates:
+    """Every op output of a model file as float32, for per-layer parity: callable on one input batch
+    (fed like ``Runner``), returns ``{tensor name: value}`` in graph order; ``ops`` lists
+    ``(tensor name, producing op name, op type)``.
+
+    TFLite: the file opened again with ``experimental_preserve_all_tensors=True``; every non-constant
+    output of every op, int8 / uint8 ones dequantized with their tensor's scale and zero point. The
+    op name is the output tensor's (TFLite ops have no names of their own).
+
+    ONNX (needs ``onnx``): the graph with the first output of every node added as a graph output,
+    except the nodes that only move data or quantization (Constant, Shape, Identity, QuantizeLinear,
+    DequantizeLinear). In a QDQ int8 file a node's float output feeds a QuantizeLinear; that
+    QuantizeLinear's int8 output is returned instead, dequantized with its scale and zero point, so
+    the value is the one the next int8 op actually reads (exposing the Q output leaves the runtime's
+    QDQ fusion in place). Values that are not float or int8 / uint8 (shapes, indices) are left out.
+    """
+
+    def __init__(self, runner: "Runner"):
+        self.runner = runner
+        self.format = runner.format
+        if self.format == "tflite":
+            self._open_tflite()
+        else:
+            self._open_onnx()
+
+    def _open_tflite(self) -> None:
+        cls, _, _ = tflite_runtime_info()
+        r = self.runner
+        self._it = cls(model_path=r.path, num_threads=r.threads, experimental_preserve_all_tensors=True)
+        self._it.allocate_tensors()
+        details = {d["index"]: d for d in self._it.get_tensor_details()}
+        self._tensors: list[dict[str, Any]] = []
+        self.ops: list[tuple[str, str, str]] = []
+        for op in self._it._get_ops_details():
+            for idx in op["outputs"]:
+                d = details.get(int(idx))
+                if d is None or np.dtype(d["dtype"]).kind not in "fiu":
+                    continue
+                self._tensors.append(d)
+                self.ops.append((d["name"], d["name"], str(op["op_name"])))
+
+    def _open_onnx(self) -> None:
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError as e:
+            raise RuntimeMissing(f"per-layer outputs of an ONNX file need the onnx package on the device "
+                                 f"(pip install onnx): {e}") from None
+        ort, _ = _onnx_runtime()
+        model = onnx.load(self.runner.path)
+        graph = model.graph
+        consts = {t.name: t for t in graph.initializer}
+        for node in graph.node:  # scales and zero points may be Constant nodes instead of initializers
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                consts[node.output[0]] = node.attribute[0].t
+        quantized_by: dict[str, Any] = {}
+        for node in graph.node:
+            if node.op_type == "QuantizeLinear" and len(node.input) >= 3 and node.input[1] in consts:
+                quantized_by.setdefault(node.input[0], node)
+        existing = {o.name for o in graph.output}
+        self._expose: list[tuple[str, str, str, tuple[float, int] | None]] = []  # tensor, node, op, (scale, zp)
+        for node in graph.node:
+            if node.op_type in _ONNX_SKIP or not node.output or not node.output[0]:
+                continue
+            tensor, q = node.output[0], None
+            qnode = quantized_by.get(tensor)
+            if qnode is not None:
+                scale = numpy_helper.to_array(consts[qnode.input[1]])
+                zp = numpy_helper.to_array(consts[qnode.input[2]])
+                if scale.size == 1:  # per-tensor activations; per-channel Q is a weight, not an output
+                    tensor, q = qnode.output[0], (float(scale.reshape(())), int(zp.reshape(())))
+            self._expose.append((tensor, node.name or tensor, node.op_type, q))
+        for tensor, _, _, _ in self._expose:
+            if tensor not in existing:
+                graph.output.append(onnx.ValueInfoProto(name=tensor))
+                existing.add(tensor)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.runner.threads
+        opts.inter_op_num_threads = 1
+        self._sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self._names = [tensor for tensor, _, _, _ in self._expose]
+        self.ops = [(tensor, node, op) for tensor, node, op, _ in self._expose]
+
+    def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        r = self.runner
+        if self.format == "tflite":
+            r.feed(inputs)  # quantizes as the file declares; then copy the fed tensors to this interpreter
+            for d in r._in:
+                self._it.set_tensor(d["index"], r._it.get_tensor(d["index"]))
+            self._it.invoke()
+            out = {}
+            for d in self._tensors:
+                y = np.array(self._it.get_tensor(d["index"]))
+                scale, zp = d["quantization"]
+                out[d["name"]] = dequantize(y, scale, zp) if y.dtype.kind in "iu" and scale > 0 else y
+            return out
+        r.feed(inputs)
+        values = self._sess.run(self._names, r._feeds)
+        out = {}
+        for (tensor, _, _, q), y in zip(self._expose, values):
+            y = np.asarray(y)
+            if q is not None and y.dtype.kind in "iu":
+                out[tensor] = dequantize(y, q[0], q[1])
+            elif y.dtype.kind == "f":
+                out[tensor] = y.astype(np.float32)
+        return out
 
 
 def _ort_dtype(type_str: str) -> str:
@@ -371,6 +490,31 @@ def _outputs(runner: Runner, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarr
     return {f"output_{i}": np.stack(ys) for i, ys in enumerate(per_output)}
 
 
+def _intermediates(runner: Runner, inputs: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Every op output over every sample, stacked as (samples, *shape) under ``layer_<k>``, and the
+    list that names them (key, tensor, op name, op type), in graph order."""
+    try:
+        inter = Intermediates(runner)
+    except RuntimeMissing as e:
+        raise AgentError("runtime-missing", str(e)) from None
+    per_tensor: dict[str, list[np.ndarray]] = {}
+    for k in range(len(inputs[0])):
+        for name, y in inter(*[x[k] for x in inputs]).items():
+            per_tensor.setdefault(name, []).append(y)
+    arrays, index, seen = {}, [], set()
+    for tensor, node, op in inter.ops:
+        ys = per_tensor.get(tensor)
+        if ys is None or len(ys) != len(inputs[0]) or any(y.shape != ys[0].shape for y in ys):
+            continue
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        key = f"{INTERMEDIATE_PREFIX}{len(index):04d}"
+        arrays[key] = np.stack(ys)
+        index.append({"key": key, "tensor": tensor, "node": node, "op": op})
+    return arrays, index
+
+
 def _open(request: Mapping[str, Any]) -> Runner:
     import os
     path = request["model"]
@@ -409,10 +553,16 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
     inputs = _load_inputs(request, runner)
     try:
         outputs = _outputs(runner, inputs)
+        index = None
+        if request.get("intermediates"):
+            extra, index = _intermediates(runner, inputs)
+            outputs.update(extra)
         timing = measure(runner, [x[0] for x in inputs], warmup=warmup, runs=runs, max_runs=max_runs,
                          target_cv=float(request.get("target_cv", 0.10)))
     except ValueError as e:
         raise AgentError("bad-input", str(e)) from None
+    except AgentError:
+        raise
     except Exception as e:  # an op the runtime cannot execute on this device
         raise AgentError("model-rejected", f"the runtime failed running {request['model']}: {type(e).__name__}: {e}") from None
     np.savez(request["outputs"], **outputs)
@@ -420,7 +570,8 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
         np.savez(request["outputs"][:-4] + ".inputs.npz", **{f"input_{i}": x for i, x in enumerate(inputs)})
     return {"ok": True, "fingerprint": fingerprint(runner, threads, pinned), "init_ns": init_ns,
             "warmup": warmup, "samples": len(inputs[0]), "output_names": runner.output_names,
-            "load_average_before": load_before, "load_average_after": _loadavg(), **timing}
+            "load_average_before": load_before, "load_average_after": _loadavg(),
+            **({} if index is None else {"intermediates": index}), **timing}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,11 @@ import torch
 from edgekit.lut import (CANDIDATES, FBNetV1Space, Lut, LutError, LutMismatchError, NetworkUnit, OrtTimer,
                          TorchTimer, build_lut, fit_overhead, get_space, load_lut, local_fingerprint, mape,
                          measure_networks, network_signatures, plan, predict, save_lut)
+from edgekit.devices.base import DeviceError, open_model
+from edgekit.devices.local import LocalDevice
+from edgekit.devices.stats import Protocol
+from edgekit.devices.store import ResultStore
+from edgekit.lut import DeviceTimer, accuracy, build_on_device, check_lut, kendall, plot_check, sample_checks, spearman
 from edgekit.models import ArchSpec, BlockSpec, from_arch
 from edgekit.models.fbnet import fbnet_arch, scale_width
 
@@ -290,3 +295,107 @@ def test_onnxruntime_lut_and_overhead_fit_reduce_error(tmp_path):
     plain = mape([p.plain_ms for p in preds], measured)
     fitted = mape([p.fitted_ms for p in preds], measured)
     assert fitted < plain, (plain, fitted, lut.overhead)
+
+
+# ---- measured through the device runners (exported files on a Device) ---------------------------
+
+# two layers at the Fashion-MNIST scale: 19 signatures, each a TFLite int8 export + a device run
+MICRO = FBNetV1Space(resolution=32, width=0.25, in_chans=1, num_classes=10, head_channels=64,
+                     stages=((16, 1, 1), (24, 1, 2)), groups=None)
+QUICK = Protocol(runs=10, warmup=2, max_runs=10)
+
+
+class _DyingDevice:
+    """The local device, losing its connection after ``runs`` runs."""
+
+    def __init__(self, runs: int):
+        self.inner, self.left, self.address = LocalDevice(), runs, "local"
+
+    def run(self, model, inputs, *, protocol=QUICK):
+        if self.left == 0:
+            raise DeviceError("local", "connect", "connection lost")
+        self.left -= 1
+        return self.inner.run(model, inputs, protocol=protocol)
+
+
+def _device_timer(work, store, **kw) -> DeviceTimer:
+    return DeviceTimer(MICRO, work_dir=work, store=store, protocol=QUICK, calib_samples=16, run_samples=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def device_build(tmp_path_factory):
+    """A TFLite int8 LUT built through LocalDevice: cut off after 6 runs, then resumed, then resumed again."""
+    tmp = tmp_path_factory.mktemp("device-lut")
+    out, work, store = tmp / "lut.json", tmp / "work", ResultStore(tmp / "results.db")
+    first = _device_timer(work, store, device=_DyingDevice(6))
+    with pytest.raises(DeviceError, match="connection lost"):
+        build_on_device(MICRO, first, out=out, chunk=3)
+    stored = load_lut(out)
+    second = _device_timer(work, store)
+    lut = build_on_device(MICRO, second, out=out, chunk=3)
+    third = _device_timer(work, store)
+    again = build_on_device(MICRO, third, out=out, chunk=3)
+    return dict(out=out, work=work, store=store, first=first, stored=stored, second=second, lut=lut, third=third,
+                again=again)
+
+
+@pytest.mark.slow
+def test_device_lut_has_every_entry_measured_on_the_local_device(device_build):
+    lut, store = device_build["lut"], device_build["store"]
+    assert (lut.format, lut.precision, lut.threads) == ("tflite", "int8", 1)
+    assert sorted(lut.entries) == sorted(s.key for s in MICRO.distinct_signatures())
+    assert all(ms > 0 for ms in lut.entries.values())
+    rows = store.query(device="local", format="tflite", precision="int8")
+    assert len(rows) == len(lut.entries)  # one stored result per measured unit, none twice
+    fp = rows[0]["fingerprint"]
+    assert dict(lut.device) == fp and fp["device"] == "local" and fp["runtime"] == "ai_edge_litert"
+    artifact = open_model(rows[0]["artifact_path"])  # written with its manifest, sha256 verified
+    assert artifact.manifest.calibration.dataset == "fashion-mnist" and artifact.precision == "int8"
+    assert artifact.manifest.inputs[0].dtype == "int8"
+
+
+@pytest.mark.slow
+def test_resumed_device_build_measures_nothing_already_stored(device_build):
+    first, stored, second, third = (device_build[k] for k in ("first", "stored", "second", "third"))
+    assert len(stored.entries) == 6 and sorted(u.key for u in first.log) == sorted(stored.entries)
+    measured = [u.key for u in second.log]
+    assert set(measured).isdisjoint(stored.entries)
+    assert sorted(measured) == sorted(s.key for s in plan(MICRO, stored))
+    assert sum(u.reused for u in second.log) == 1  # the file exported before the connection died
+    assert {k: device_build["lut"].entries[k] for k in stored.entries} == dict(stored.entries)
+    assert third.log == [] and device_build["again"] == device_build["lut"]
+
+
+@pytest.mark.slow
+def test_lut_check_reports_metrics_and_refuses_another_target(device_build, tmp_path, capsys):
+    lut, store = device_build["lut"], device_build["store"]
+    timer = _device_timer(tmp_path / "work", store, expect=lut.device)
+    report = check_lut(lut, timer, samples=5, seed=3, fit=2)
+    assert [n["role"] for n in report["networks"]] == ["fit"] * 2 + ["held-out"] * 3
+    assert all(n["measured_ms"] > 0 and n["plain_ms"] > 0 for n in report["networks"])
+    for part in (report["plain"], report["held_out"]["plain"], report["held_out"]["fitted"]):
+        assert 0 <= part["within_5pct"] <= part["within_10pct"] <= 1 and part["mape"] >= 0
+        assert -1 <= part["spearman"] <= 1 and -1 <= part["kendall"] <= 1
+    assert report["plain"]["n"] == 5 and report["held_out"]["fitted"]["n"] == 3
+    assert [u.key for u in timer.log] == [f"network:check-3-{i}" for i in range(5)]
+    assert sample_checks(MICRO, 5, 3) == [tuple(n["choices"]) for n in report["networks"]]
+    png = plot_check(report, tmp_path / "check.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from edgekit.cli import main
+    assert main(["lut", "check", "--lut", str(device_build["out"]), "--precision", "fp32", "--samples", "2"]) == 2
+    assert "precision is 'int8', expected 'fp32'" in capsys.readouterr().err
+    assert main(["lut", "check", "--lut", str(device_build["out"]), "--threads", "2", "--samples", "2"]) == 2
+    assert "threads is 1, expected 2" in capsys.readouterr().err
+    elsewhere = lut.replace(device={**lut.device, "cpu_model": "Cortex-A76"})
+    with pytest.raises(LutMismatchError, match="cpu_model is .* the LUT has 'Cortex-A76'"):
+        check_lut(elsewhere, _device_timer(tmp_path / "work", store, expect=elsewhere.device), samples=2, fit=2)
+
+
+def test_rank_correlations_and_accuracy():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert kendall([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert spearman([1, 1], [1, 2]) is None and kendall([1], [1]) is None
+    m = accuracy([1.04, 2.19, 2.9], [1.0, 2.0, 3.0])
+    assert (m["within_5pct"], m["within_10pct"]) == (pytest.approx(2 / 3), pytest.approx(1.0))
+    assert m["mape"] == pytest.approx(100 * (0.04 + 0.095 + 1 / 30) / 3)

@@ -80,33 +80,65 @@ def cmd_lut_predict(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=None):
+    from ..devices.stats import Protocol
+    from .device import DeviceTimer
+
+    protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, max_runs=max(args.max_runs, args.runs))
+    options = {"profile": args.profile} if args.profile else {}
+    return DeviceTimer(space, work_dir=work_dir, device=args.device, format=args.format, precision=args.precision,
+                       protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
+                       run_samples=args.run_samples, expect=expect, device_options=options)
+
+
+def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
+    if args.work_dir:
+        return Path(args.work_dir)
+    path = Path(anchor)
+    return path.with_name(path.stem + ".artifacts")
+
+
+def _print_cost(timer, out: Console) -> None:
+    cost = timer.cost()
+    if cost["units"]:
+        export = "-" if cost["export_s_mean"] is None else f"{cost['export_s_mean']:.2f} s"
+        out.print(f"per unit: export {export} ({cost['exported']} exported, {cost['units'] - cost['exported']} "
+                  f"re-used), device run {cost['run_s_mean']:.2f} s", highlight=False)
+
+
 def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
-    from .build import OrtTimer, TorchTimer, build_lut, local_fingerprint, measure_networks
+    from .build import TorchTimer, build_lut, local_fingerprint, measure_networks
+    from .device import build_on_device
     from .lut import save_lut
 
-    if args.device != "local":
-        raise ValueError(f"lut build measures on --device local only for now (got {args.device!r}); device "
-                         f"runners for ssh:// and adb:// plug in through build_lut's measuring function")
-    timers = {("onnx", "fp32"): OrtTimer, ("torch", "fp32"): TorchTimer}
-    if (args.format, args.precision) not in timers:
-        raise ValueError(f"local lut build supports --format onnx or torch with --precision fp32 (got "
-                         f"{args.format} {args.precision})")
-    timer = timers[args.format, args.precision](threads=args.threads, runs=args.runs, warmup=args.warmup)
     space = space_from_args(args)
 
     def progress(done: int, total: int) -> None:
         if not args.json:
             out.print(f"  measured {done}/{total}", highlight=False)
 
-    lut = build_lut(space, timer, device=local_fingerprint(timer.runtime, args.threads), format=args.format,
-                    precision=args.precision, threads=args.threads, out=args.out, chunk=args.chunk, progress=progress)
+    if args.format == "torch":
+        if args.device != "local" or args.precision != "fp32":
+            raise ValueError(f"--format torch times eager PyTorch fp32 on this host only (got --device {args.device} "
+                             f"--precision {args.precision}); use --format tflite or onnx for a device")
+        timer = TorchTimer(threads=args.threads, runs=args.runs, warmup=args.warmup)
+        lut = build_lut(space, timer, device=local_fingerprint(timer.runtime, args.threads), format=args.format,
+                        precision=args.precision, threads=args.threads, out=args.out, chunk=args.chunk,
+                        progress=progress)
+    else:
+        timer = _device_timer(args, space, work_dir=_work_dir(args, args.out))
+        lut = build_on_device(space, timer, out=args.out, chunk=args.chunk, progress=progress)
     if args.networks:
         lut = measure_networks(lut, space, timer, samples=args.networks, seed=args.seed)
         save_lut(lut, args.out)
+    cost = timer.cost() if hasattr(timer, "cost") else None
     if args.json:
-        print(json.dumps({"lut": str(args.out), "entries": len(lut.entries), "overhead": lut.overhead}, indent=2))
+        print(json.dumps({"lut": str(args.out), "entries": len(lut.entries), "overhead": lut.overhead,
+                          "cost": cost}, indent=2))
         return 0
     out.print(f"wrote {args.out}: {len(lut.entries)} entries", highlight=False)
+    if cost is not None:
+        _print_cost(timer, out)
     if lut.overhead:
         o = lut.overhead
         out.print(f"overhead model: measured = {o['a_ms']:.4f} ms + {o['b']:.3f} x sum over {o['n']} networks; "
@@ -114,8 +146,81 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
+    from .check import check_lut, plot_check
+    from .lut import load_lut
+    from .space import FBNetV1Space
+
+    if args.threads is None:
+        lut = load_lut(args.lut)
+        args.threads = lut.threads
+    lut = load_lut(args.lut, device=args.device, format=args.format, precision=args.precision, threads=args.threads)
+    args.format, args.precision = lut.format, lut.precision
+    if lut.format == "torch":
+        raise ValueError(f"{args.lut} is a torch LUT; lut check measures exported tflite / onnx files on a device")
+    space = FBNetV1Space.from_dict(lut.space)
+    timer = _device_timer(args, space, work_dir=_work_dir(args, args.lut), expect=lut.device)
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            out.print(f"  measured network {done}/{total}", highlight=False)
+
+    report = check_lut(lut, timer, samples=args.samples, seed=args.seed, fit=args.fit, progress=progress)
+    report["cost"] = timer.cost()
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            report["plot"] = None
+            report["plot_note"] = "matplotlib is not installed: no plot written (pip install matplotlib)"
+        else:
+            report["plot"] = str(plot_check(report, args.plot))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    table = Table()
+    for col in ("", "n", "within 5%", "within 10%", "MAPE %", "Spearman", "Kendall"):
+        table.add_column(col, justify="right" if col else "left")
+
+    def row(label: str, m: dict) -> None:
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(label, str(m["n"]), f"{100 * m['within_5pct']:.0f} %", f"{100 * m['within_10pct']:.0f} %",
+                      f"{m['mape']:.1f}", f(m["spearman"]), f(m["kendall"]))
+
+    row("plain sum, all", report["plain"])
+    if report["lut_overhead"]:
+        row("LUT overhead model, all", report["lut_overhead"]["all"])
+    held = report["held_out"]
+    if "omitted" in held:
+        out.print(held["omitted"], highlight=False)
+    else:
+        row(f"plain sum, held-out ({held['evaluated']})", held["plain"])
+        row(f"fit on first {held['fit_networks']}, held-out", held["fitted"])
+    out.print(table)
+    if report.get("plot"):
+        out.print(f"plot: {report['plot']}", highlight=False)
+    elif report.get("plot_note"):
+        out.print(report["plot_note"], highlight=False)
+    return 0
+
+
+def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | None) -> None:
+    p.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL")
+    p.add_argument("--profile", help="device profile (JSON/TOML) for ssh:// and adb://")
+    p.add_argument("--threads", type=int, default=threads_default)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--max-runs", type=int, default=200, help="protocol: more runs while the CV is high, up to N")
+    p.add_argument("--calib-samples", type=int, default=64, help="Fashion-MNIST images for int8 calibration")
+    p.add_argument("--calib-method", default="minmax")
+    p.add_argument("--run-samples", type=int, default=4, help="inputs fed to each timed file")
+    p.add_argument("--work-dir", help="where exported files and manifests go (default: next to the LUT)")
+
+
 def add_lut_commands(sub: argparse._SubParsersAction) -> None:
-    lut = sub.add_parser("lut", help="latency lookup tables: plan, build, predict")
+    lut = sub.add_parser("lut", help="latency lookup tables: plan, build, predict, check")
     lsub = lut.add_subparsers(dest="lut_command", required=True)
     p = lsub.add_parser("plan", help="the distinct blocks a LUT of the space needs (minus those stored)")
     add_space_arguments(p)
@@ -134,15 +239,24 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_lut_predict)
     p = lsub.add_parser("build", help="measure a LUT (resumes an existing --out)")
     add_space_arguments(p)
-    p.add_argument("--device", default="local")
-    p.add_argument("--format", default="onnx", help="onnx or torch (local)")
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--format", default="onnx", help="tflite or onnx (exported, run on --device) or torch (local)")
+    p.add_argument("--precision", default="fp32", help="fp32 or int8")
+    _add_device_arguments(p, threads_default=1)
     p.add_argument("--chunk", type=int, default=8, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lut_build)
+    p = lsub.add_parser("check", help="sampled whole networks measured vs the LUT's prediction")
+    p.add_argument("--lut", required=True)
+    p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit", type=int, help="networks fitting the overhead model (default samples // 3, >= 2)")
+    p.add_argument("--format", help="refuse the LUT unless it is this format (default: the LUT's)")
+    p.add_argument("--precision", help="refuse the LUT unless it is this precision (default: the LUT's)")
+    _add_device_arguments(p, threads_default=None)
+    p.add_argument("--plot", help="PNG scatter plot of predicted vs measured")
+    p.add_argument("--out", help="write the JSON report here too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lut_check)

@@ -1,0 +1,325 @@
+"""Measuring LUT units (blocks, stem, head, whole networks) through the device runners.
+
+:class:`DeviceTimer` is a measuring function for :func:`~edgekit.lut.build.build_lut` and
+:func:`~edgekit.lut.check.check_lut`. For every unit it
+
+1. exports the PyTorch module with the same exporter and quantization a whole network gets
+   (``edgekit.exporters.tflite``: ``export_tflite_fp32`` / ``plan_tflite_int8`` + ``quantize_tflite``;
+   ``edgekit.exporters.onnx``: ``export_onnx_fp32`` / ``quantize_onnx_int8``; same calibration method
+   and int8 I/O type),
+2. writes it as an artifact with its manifest into ``work_dir`` (kept: a resumed build re-uses the
+   file of a unit whose measurement was cut short, after its sha256 is verified),
+3. runs it on the device with the measurement protocol (``Device.run``), appends the complete
+   ``RunResult`` to the results store and returns its median in ms.
+
+int8 calibration. A whole network is calibrated on ``calib_samples`` Fashion-MNIST training images,
+preprocessed as ``edgekit export --arch`` does for an ArchSpec (``edgekit.train.build_model``'s
+``default_cfg``). A block cannot take images: its calibration inputs are the activations those same
+images produce at its input in a *reference network* of the space (by default every layer the
+``k3_e3`` candidate; random PyTorch init, BN in eval mode), i.e. the images go through the reference
+network's stem and preceding layers, and the activation tensor recorded at the first layer whose input
+shape is the signature's input shape is the block's calibration set. The head gets the activations
+at the reference network's last layer output; the stem gets the images. The timed inputs are
+``run_samples`` Fashion-MNIST *test* images, passed through the reference network the same way for
+blocks.
+
+The device fingerprint comes from the device itself (the agent's fingerprint in every
+``RunResult``). With ``expect`` (a LUT's device record) every measurement is checked against it, so a
+resumed build or a check run somewhere else is refused with the fields that differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .build import NetworkUnit, Unit
+from .lut import LutMismatchError
+from .space import BlockSig, FBNetV1Space
+
+__all__ = ["DeviceTimer", "UnitLog", "REFERENCE_CANDIDATE"]
+
+REFERENCE_CANDIDATE = "k3_e3"
+CALIB_SOURCE = "fashion-mnist"
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+# the ArchSpec normalisation of ``edgekit.train.build_model`` (what ``edgekit export --arch`` uses)
+_ARCH_MEAN, _ARCH_STD = 0.449, 0.226
+
+
+@dataclass(frozen=True)
+class UnitLog:
+    """What one unit cost: export (0 when its artifact was re-used), the device run, the result."""
+
+    key: str
+    artifact: str
+    export_s: float
+    run_s: float
+    median_ms: float
+    cv: float
+    stored_id: int | None
+    reused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DeviceTimer:
+    """Export + run on a device, one unit at a time (see the module docstring).
+
+    ``device`` is an address for ``edgekit.devices.open_device`` (``local``, ``ssh://...``,
+    ``adb://...``) or a Device instance; ``store`` a ``ResultStore`` (default: the user's store;
+    ``False`` keeps nothing)."""
+
+    def __init__(self, space: FBNetV1Space, *, work_dir: str | Path, device: Any = "local", format: str = "tflite",
+                 precision: str = "int8", protocol: Any = None, store: Any = None, calib_samples: int = 64,
+                 calib_method: str = "minmax", io_dtype: str = "int8", run_samples: int = 4,
+                 reference: Sequence[str] | None = None, expect: Mapping[str, Any] | None = None,
+                 device_options: Mapping[str, Any] | None = None):
+        from ..devices import open_device
+        from ..devices.stats import Protocol
+
+        if format not in EXTENSIONS:
+            raise ValueError(f"format {format!r}: device measurements export {' or '.join(EXTENSIONS)} files")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision {precision!r} must be fp32 or int8")
+        for label, v in (("calib_samples", calib_samples), ("run_samples", run_samples)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{label} {v!r} must be an int >= 1")
+        self.space, self.format, self.precision = space, format, precision
+        self.protocol = protocol if protocol is not None else Protocol()
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.device = open_device(device, **dict(device_options or {})) if isinstance(device, str) else device
+        if store is None:
+            from ..devices.store import ResultStore
+            store = ResultStore()
+        self.store = store or None
+        self.calib_samples, self.calib_method, self.io_dtype = calib_samples, calib_method, io_dtype
+        self.run_samples = run_samples
+        self.reference = tuple(reference) if reference is not None else (REFERENCE_CANDIDATE,) * len(space.layers)
+        space.check_choices(self.reference)
+        self.fingerprint: dict[str, Any] | None = None if expect is None else dict(expect)
+        self.log: list[UnitLog] = []
+        self._probed: dict[str, float] = {}
+        self._activations: tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]] | None = None
+        self._images: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.protocol.threads
+
+    # ---- the measuring function ----------------------------------------------------------------
+    def __call__(self, units: Sequence[Unit]) -> list[float]:
+        out = []
+        for unit in units:
+            if unit.key in self._probed:
+                out.append(self._probed.pop(unit.key))
+            else:
+                out.append(self._measure(unit))
+        return out
+
+    def probe(self, unit: Unit) -> dict[str, Any]:
+        """Measure ``unit`` now (the next call asking for it gets this result, not a second run) and
+        return the device fingerprint: what a new LUT's header records."""
+        self._probed[unit.key] = self._measure(unit)
+        assert self.fingerprint is not None
+        return dict(self.fingerprint)
+
+    def _measure(self, unit: Unit) -> float:
+        from ..devices.base import open_model
+
+        path, export_s, reused = self._artifact(unit)
+        model = open_model(path)  # verifies the file against its manifest's sha256
+        inputs = self._run_inputs(unit, model.manifest.inputs[0])
+        t0 = time.perf_counter()
+        result = self.device.run(model, [inputs], protocol=self.protocol)
+        run_s = time.perf_counter() - t0
+        self._check_fingerprint(dict(result.fingerprint))
+        stored = self.store.record(result, artifact_path=str(path)) if self.store is not None else None
+        ms = result.stats.median_ms if result.stats.median_ms is not None else result.stats.mean_ms
+        self.log.append(UnitLog(unit.key, str(path), export_s, run_s, float(ms), float(result.stats.cv), stored,
+                                reused))
+        return float(ms)
+
+    def _check_fingerprint(self, fp: dict[str, Any]) -> None:
+        if self.fingerprint is None:
+            self.fingerprint = fp
+            return
+        diff = [f"device {k} is {fp.get(k)!r}, the LUT has {self.fingerprint.get(k)!r}"
+                for k in sorted(set(fp) | set(self.fingerprint)) if fp.get(k) != self.fingerprint.get(k)]
+        if diff:
+            raise LutMismatchError("this device is not the one the LUT was measured on: " + "; ".join(diff) +
+                                   ". Build a LUT for this device with `edgekit lut build`")
+
+    # ---- export --------------------------------------------------------------------------------
+    def _recipe(self) -> dict[str, Any]:
+        r: dict[str, Any] = {"format": self.format, "precision": self.precision}
+        if self.precision == "int8":
+            r.update(calib=CALIB_SOURCE, calib_samples=self.calib_samples, calib_method=self.calib_method,
+                     reference=list(self.reference))
+            if self.format == "tflite":
+                r["io_dtype"] = self.io_dtype
+        return r
+
+    def _artifact(self, unit: Unit) -> tuple[Path, float, bool]:
+        from ..exporters.artifact import manifest_path, write_artifact
+
+        ident = json.dumps({"unit": unit.key, "space": self.space.to_dict(), **self._recipe()}, sort_keys=True)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        kind = "network" if isinstance(unit, NetworkUnit) else unit.kind
+        path = self.work_dir / f"lut-{kind}-{digest}-{self.format}-{self.precision}{EXTENSIONS[self.format]}"
+        if path.is_file() and manifest_path(path).is_file():
+            return path, 0.0, True
+        t0 = time.perf_counter()
+        module, example, calib, pre, arch, classes = self._module(unit)
+        exp = self._export(module, example, calib)
+        manifest = self._manifest(unit, exp, pre, arch, classes, 0 if calib is None else len(calib))
+        write_artifact(path, exp.model_bytes, manifest)
+        return path, time.perf_counter() - t0, False
+
+    def _module(self, unit: Unit):
+        from ..calibration.data import preprocessing_for
+        from ..train import build_model
+
+        torch.manual_seed(0)
+        if isinstance(unit, NetworkUnit):
+            model = build_model(arch=unit.spec, num_classes=unit.num_classes, in_chans=unit.in_chans,
+                                resolution=unit.spec.resolution).eval()
+            pre = preprocessing_for(model.default_cfg)
+            calib = self._calib_images()[0] if self.precision == "int8" else None
+            c, h, w = model.default_cfg["input_size"]
+            return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
+        if not isinstance(unit, BlockSig):
+            raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig or a NetworkUnit")
+        calib = self._calib_for(unit)[0] if self.precision == "int8" else None
+        pre = preprocessing_for(self._default_cfg()) if unit.kind == "stem" else None
+        return unit.module().eval(), torch.zeros(1, *unit.in_shape), calib, pre, None, None
+
+    def _export(self, module: torch.nn.Module, example: torch.Tensor, calib: np.ndarray | None):
+        torch.set_num_threads(1)
+        if self.format == "tflite":
+            from ..exporters.tflite import export_tflite_fp32, plan_tflite_int8, quantize_tflite
+            if self.precision == "fp32":
+                return export_tflite_fp32(module, example)
+            return quantize_tflite(plan_tflite_int8(module, example, calib, method=self.calib_method),
+                                   io_dtype=self.io_dtype)
+        from ..exporters.onnx import export_onnx_fp32, quantize_onnx_int8
+        fp32 = export_onnx_fp32(module, example)
+        if self.precision == "fp32":
+            return fp32
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the slower-int8 note goes into the manifest
+            return quantize_onnx_int8(fp32, calib, method=self.calib_method)
+
+    def _manifest(self, unit: Unit, exp: Any, pre: Any, arch: Any, classes: int | None, n_calib: int):
+        from ..exporters.artifact import Calibration, Manifest, sha256_bytes
+
+        calibration = None
+        if self.precision == "int8":
+            images = isinstance(unit, NetworkUnit) or unit.kind == "stem"
+            what = ("Fashion-MNIST train images" if images else
+                    "activations of Fashion-MNIST train images at this input in the reference network")
+            calibration = Calibration(CALIB_SOURCE, n_calib, self.calib_method,
+                                      details={"inputs": what, "reference": list(self.reference)})
+        name = unit.spec.name if isinstance(unit, NetworkUnit) else f"lut-{unit.kind}"
+        notes = (*getattr(exp, "notes", ()), f"LUT unit {unit.key}; random PyTorch weights (latency only)")
+        return Manifest(model=name, format=self.format, precision=self.precision, inputs=exp.inputs,
+                        outputs=exp.outputs, preprocessing=pre, file_sha256=sha256_bytes(exp.model_bytes), arch=arch,
+                        num_classes=classes, calibration=calibration, tools=dict(exp.tools), notes=notes,
+                        metrics=dict(getattr(exp, "metrics", {}) or {}))
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def _default_cfg(self) -> dict[str, Any]:
+        c, side = self.space.in_chans, self.space.resolution
+        return {"input_size": [c, side, side], "mean": [_ARCH_MEAN] * c, "std": [_ARCH_STD] * c}
+
+    def _calib_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """(calibration images from the train split, timed-run images from the test split), NCHW."""
+        if self._images is None:
+            from ..calibration.data import calibration_batch, preprocessing_for
+            pre = preprocessing_for(self._default_cfg())
+            self._images = (
+                calibration_batch(CALIB_SOURCE, pre, samples=self.calib_samples, seed=0, split="train"),
+                calibration_batch(CALIB_SOURCE, pre, samples=self.run_samples, seed=1, split="test"))
+        return self._images
+
+    def _calib_for(self, sig: BlockSig) -> tuple[np.ndarray, np.ndarray]:
+        """(calibration, timed-run) inputs of a stem / block / head: images or reference activations."""
+        if sig.kind == "stem":
+            return self._calib_images()
+        if self._activations is None:
+            self._activations = (self._reference_activations(self._calib_images()[0]),
+                                 self._reference_activations(self._calib_images()[1]))
+        key = ("head", sig.in_shape) if sig.kind == "head" else sig.in_shape
+        calib, run = self._activations
+        if key not in calib:
+            raise ValueError(f"no layer of the reference network takes input {sig.in_shape} ({sig.key}); the "
+                             f"signature is not of this space")
+        return calib[key], run[key]
+
+    @torch.no_grad()
+    def _reference_activations(self, images: np.ndarray) -> dict[Any, np.ndarray]:
+        from ..models.arch import from_arch
+
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        net = from_arch(self.space.spec(self.reference, name="lut-reference"), num_classes=self.space.num_classes,
+                        in_chans=self.space.in_chans).eval()
+        x = net.stem(torch.from_numpy(images))
+        seen: dict[Any, np.ndarray] = {}
+        for stage in net.stages:
+            for block in stage:
+                seen.setdefault(tuple(x.shape[1:]), x.numpy().copy())
+                x = block(x)
+        seen[("head", tuple(x.shape[1:]))] = x.numpy().copy()
+        return seen
+
+    def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
+        if isinstance(unit, NetworkUnit) or unit.kind == "stem":
+            x = self._calib_images()[1]
+        else:
+            x = self._calib_for(unit)[1]
+        if spec.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x.reshape(len(x), *spec.shape), dtype=np.float32)
+
+    # ---- summaries -----------------------------------------------------------------------------
+    def cost(self) -> dict[str, Any]:
+        """Mean seconds per unit spent exporting (fresh exports only) and on the device."""
+        fresh = [u.export_s for u in self.log if not u.reused]
+        return {"units": len(self.log), "exported": len(fresh),
+                "export_s_mean": float(np.mean(fresh)) if fresh else None,
+                "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
+
+
+
+def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path | None = None, chunk: int = 8,
+                    progress: Any = None):
+    """``build_lut`` through ``timer``, with the device's own fingerprint in the header.
+
+    Resuming ``out``: the stored LUT must be of this device address, format, precision and threads,
+    and every new measurement must come with the stored fingerprint. A new LUT: the first missing
+    unit is measured first and its fingerprint becomes the header (it is not measured twice)."""
+    from .build import build_lut, plan
+    from .lut import load_lut
+
+    address = getattr(timer.device, "address", None)
+    if out is not None and Path(out).exists():
+        stored = load_lut(out, device=address, format=timer.format, precision=timer.precision,
+                          threads=timer.threads)
+        if timer.fingerprint is None:
+            timer.fingerprint = dict(stored.device)
+        device = dict(stored.device)
+    else:
+        todo = plan(space)
+        device = timer.probe(todo[0]) if todo else {"device": address}
+    return build_lut(space, timer, device=device, format=timer.format, precision=timer.precision,
+                     threads=timer.threads, out=out, chunk=chunk, progress=progress)

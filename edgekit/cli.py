@@ -140,7 +140,8 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
         out.print("WARNING: int8 ranges calibrated on synthetic data, not real images", style="yellow")
     table = Table(title=f"{name}: exported and checked against PyTorch on {settings.holdout} held-out images")
     for col in ("file", "format", "precision", "size", "SQNR dB", "cosine", "top-1 agree"):
-        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right")
+        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right",
+                         overflow="fold")
     for f in files:
         m, p = f.artifact.manifest, f.parity
         agree = "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.1f} %"
@@ -207,6 +208,7 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
     for artifact in args.artifacts:
         try:
             m = measure(artifact, device=args.device, protocol=protocol, compare=args.compare, data=args.data,
+                        per_layer=args.per_layer,
                         samples=args.samples, weights=args.weights, store=not args.no_store,
                         profile=args.device_profile, python=args.device_python, ssh_options=args.ssh_option,
                         cache_dir=args.device_cache, adb=args.adb, benchmark_binary=args.benchmark_binary)
@@ -216,6 +218,8 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         done.append(m)
         if not args.json:
             _print_run(m, out)
+            if m.per_layer is not None:
+                _print_per_layer(m.per_layer, out, args.top)
     if args.json:
         docs = [m.to_dict() for m in done]
         print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2))
@@ -243,12 +247,35 @@ def _print_run(m, out: Console) -> None:
         say(f"  stored as result {m.stored_id}")
 
 
+def _print_per_layer(pl, out: Console, top: int) -> None:
+    """The ``top`` worst layers by SQNR and the first layer where the SQNR jumps down."""
+    say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
+    say(f"  per-layer parity: {len(pl.layers)} layers matched to PyTorch modules "
+        f"({pl.runtime_tensors} runtime tensors)")
+    jump = pl.first_jump
+    if jump is None:
+        say(f"  first jump: none ({pl.rule})")
+    else:
+        say(f"  first jump: {jump.layer} ({jump.op}) at {jump.sqnr_db:.1f} dB ({pl.rule})")
+    table = Table(title=f"{min(top, len(pl.layers))} worst layers")
+    for col in ("#", "layer", "op", "shape", "SQNR dB", "cosine", "max abs"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right", overflow="fold")
+    position = {id(lp): i for i, lp in enumerate(pl.layers, 1)}
+    for lp in pl.worst(top):
+        rep = lp.report
+        mark = "  <- first jump" if lp is jump else ""
+        table.add_row(str(position[id(lp)]), lp.layer + mark, lp.op, "x".join(map(str, rep.shape[1:])),
+                      f"{rep.sqnr_db:.1f}", f"{rep.cosine:.5f}", f"{rep.max_abs:.3g}")
+    out.print(table)
+
+
 def _run_table(done) -> Table:
     """One row per (file, measurement): the summary `make demo` ends with."""
     first = done[0][1].result
     table = Table(title=f"on {first.device}, {first.fingerprint.get('threads')} thread(s)")
     for col in ("file", "format", "precision", "median ms", "p90 ms", "CV %", "SQNR dB", "top-1 agree"):
-        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right")
+        table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right",
+                         overflow="fold")
     for path, m in done:
         r = m.result
         rep = next(iter(m.parity.values())) if m.parity else None
@@ -368,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-cv", type=float, default=0.10, help="time more runs while the CV is above this")
     p.add_argument("--no-pin", action="store_true", help="do not pin the agent to cores")
     p.add_argument("--compare", action="store_true", help="run the PyTorch reference on the same inputs")
+    p.add_argument("--per-layer", action="store_true", help="with --compare: every intermediate tensor against "
+                   "its PyTorch module (SQNR per layer, the first layer where it drops)")
+    p.add_argument("--top", type=int, default=10, help="--per-layer: how many of the worst layers to print")
     p.add_argument("--data", default="fashion-mnist", help="images to feed (test split)")
     p.add_argument("--samples", type=int, default=16, help="input batches to run and compare")
     p.add_argument("--weights", help="PyTorch weights for --compare (default: the manifest's)")

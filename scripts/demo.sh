@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: train a GhostNet briefly on Fashion-MNIST, export it as
 # ONNX and TFLite in fp32 and full int8 (calibrated on real images), check each file against
-# PyTorch, and report each file's top-1 next to PyTorch's on the 10,000 test images.
+# PyTorch, report each file's top-1 next to PyTorch's on the 10,000 test images, then run all four
+# on the local device with the PyTorch reference on the same images: one table of latency and parity.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-demo-out}
@@ -10,6 +11,8 @@ mkdir -p "$OUT"
 "$BIN/edgekit" models "${MODEL%%_*}*"
 "$BIN/edgekit" train "$MODEL" --epochs 1 --limit 12000 --out "$OUT/$MODEL.pt"
 "$BIN/edgekit" export "$MODEL" --weights "$OUT/$MODEL.pt" --out "$OUT"
-for f in "$OUT/$MODEL"-*.onnx "$OUT/$MODEL"-*.tflite; do
+FILES=("$OUT/$MODEL"-onnx-fp32.onnx "$OUT/$MODEL"-onnx-int8.onnx "$OUT/$MODEL"-tflite-fp32.tflite "$OUT/$MODEL"-tflite-int8.tflite)
+for f in "${FILES[@]}"; do
   "$BIN/edgekit" validate "$f"
 done
+"$BIN/edgekit" run "${FILES[@]}" --device local --threads 1 --compare --samples 64

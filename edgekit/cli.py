@@ -324,6 +324,12 @@ def _resolution(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"resolution {text!r} must be N or HxW, e.g. 224 or 512x1024")
 
 
+def _console() -> Console:
+    """Rich console for stdout; 120 columns when stdout is not a terminal (a pipe or a log file),
+    so tables of file names are not folded to rich's default of 80."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Lightweight CNNs from reference "
                                      "definition to int8 file on the device.")
@@ -429,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True)
     try:
-        return args.func(args, Console())
+        return args.func(args, _console())
     except ValueError as e:
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -1,0 +1,72 @@
+"""Wall time of ``edgekit.export.export`` producing all four files (ONNX / TFLite x fp32 / int8) of
+ghostnet_1_0 at 224x224 (1000 classes, 3 channels, fresh weights) with default settings.
+
+Run it in a fresh interpreter (bench/quantization.py does): the TFLite exporter keeps converted
+graphs in memory, so a second export in the same process would be timed against a warm cache.
+
+    .venv/bin/python bench/export_time.py [--model ghostnet_1_0] [--resolution 224] [--out FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_PROCESS = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench._common import RESULTS, fingerprint, first_line, write_json  # noqa: E402
+
+
+def measure(model_name: str, resolution: int) -> dict:
+    from edgekit.export import ExportSettings, export
+    from edgekit.models import create_model
+    t_import = time.perf_counter() - T_PROCESS
+    torch.manual_seed(0)
+    model = create_model(model_name, resolution=resolution).eval()
+    settings = ExportSettings()
+    doc = {"model": model_name, "resolution": resolution, "input_size": list(model.default_cfg["input_size"]),
+           "num_classes": model.default_cfg.get("num_classes"), "weights": "fresh (torch.manual_seed(0))",
+           "settings": {"formats": settings.formats, "precisions": settings.precisions, "calib": settings.calib,
+                        "calib_samples": settings.calib_samples, "calib_method": settings.calib_method,
+                        "holdout": settings.holdout}, "import_seconds": round(t_import, 1)}
+    with tempfile.TemporaryDirectory(prefix="edgekit-export-time-") as out:
+        t0, c0 = time.perf_counter(), time.process_time()
+        load0 = list(os.getloadavg())
+        try:
+            files = export(model, name=model_name, out=out, settings=settings)
+        except Exception as e:  # recorded with the time it took to fail
+            doc.update(error=first_line(e), failed_after_seconds=round(time.perf_counter() - t0, 1))
+            return doc
+        doc["export_seconds"] = round(time.perf_counter() - t0, 2)
+        # CPU seconds of this process (all its threads): on a shared machine the wall time above
+        # includes waiting for a core; this is what the export costs when it has the cores to itself
+        doc["export_cpu_seconds"] = round(time.process_time() - c0, 2)
+        doc["loadavg_during"] = [load0, list(os.getloadavg())]
+        doc["files"] = {f"{f.artifact.manifest.format}-{f.artifact.manifest.precision}":
+                        {"size_bytes": f.size_bytes, "sqnr_db": f.parity.sqnr_db} for f in files}
+    doc["process_seconds_to_here"] = round(time.perf_counter() - T_PROCESS, 1)
+    return doc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ghostnet_1_0")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--out", default=str(RESULTS / "export_time.json"))
+    args = p.parse_args(argv)
+    doc = measure(args.model, args.resolution)
+    doc["fingerprint"] = fingerprint(["bench/export_time.py", *(sys.argv[1:] if argv is None else argv)])
+    write_json(Path(args.out), doc)
+    print(f"{args.model} at {args.resolution}: " + (f"{doc['export_seconds']:.1f} s for {len(doc['files'])} files"
+                                                    if "export_seconds" in doc else f"failed: {doc['error']}"))
+    return 0 if "export_seconds" in doc else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

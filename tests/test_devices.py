@@ -46,17 +46,6 @@ def cli(*args, env=None, cwd=None):
                           env=env, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return export_small(tmp_path_factory.mktemp("art"))
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt,precision", COMBOS)
 def test_local_run_every_format_and_precision(artifacts, home, fmt, precision):

@@ -19,21 +19,10 @@ from edgekit.exporters.artifact import sha256_file
 from edgekit.models import create_model
 from edgekit.train import save_weights
 from helpers import randomise_bn
-from test_devices import cli, export_small
+from test_devices import cli
 
 FAST = Protocol(runs=10, warmup=1, max_runs=10)
 WRECKED = "stages.1.1.ghost2.primary_conv"  # its conv reads the dead channel of stages.1.1.ghost1
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return export_small(tmp_path_factory.mktemp("art"))
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def wreck(model):

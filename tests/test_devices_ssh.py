@@ -37,12 +37,6 @@ def artifacts(tmp_path_factory):
     return export_small(tmp_path_factory.mktemp("art"), formats=("tflite",), precisions=("fp32", "int8"))
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def opts(srv, tmp_path, **kw):
     return {"ssh_options": srv.ssh_options, "cache_dir": str(tmp_path / "device cache"), "python": sys.executable, **kw}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -23,8 +24,14 @@ import torch  # noqa: E402
 from bench._common import RESULTS, fingerprint, first_line, write_json  # noqa: E402
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measure(model_name: str, resolution: int) -> dict:
-    from edgekit.export import ExportSettings, export
+    from edgekit._background import usable_cpus
+    from edgekit.export import ExportSettings, _parallel, export
     from edgekit.models import create_model
     t_import = time.perf_counter() - T_PROCESS
     torch.manual_seed(0)
@@ -36,7 +43,7 @@ def measure(model_name: str, resolution: int) -> dict:
                         "calib_samples": settings.calib_samples, "calib_method": settings.calib_method,
                         "holdout": settings.holdout}, "import_seconds": round(t_import, 1)}
     with tempfile.TemporaryDirectory(prefix="edgekit-export-time-") as out:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
         load0 = list(os.getloadavg())
         try:
             files = export(model, name=model_name, out=out, settings=settings)
@@ -44,9 +51,12 @@ def measure(model_name: str, resolution: int) -> dict:
             doc.update(error=first_line(e), failed_after_seconds=round(time.perf_counter() - t0, 1))
             return doc
         doc["export_seconds"] = round(time.perf_counter() - t0, 2)
-        # CPU seconds of this process (all its threads): on a shared machine the wall time above
-        # includes waiting for a core; this is what the export costs when it has the cores to itself
-        doc["export_cpu_seconds"] = round(time.process_time() - c0, 2)
+        # CPU seconds of this process (all its threads) and of the worker that converts the TFLite
+        # files: on a shared machine the wall time above includes waiting for a core; this is what the
+        # export costs when it has the cores to itself
+        doc["export_cpu_seconds"] = round(time.process_time() - c0 + _children_cpu() - k0, 2)
+        doc["parallel"] = _parallel(settings, torch.zeros(1, *model.default_cfg["input_size"]))
+        doc["usable_cpus"] = usable_cpus()
         doc["loadavg_during"] = [load0, list(os.getloadavg())]
         doc["files"] = {f"{f.artifact.manifest.format}-{f.artifact.manifest.precision}":
                         {"size_bytes": f.size_bytes, "sqnr_db": f.parity.sqnr_db} for f in files}

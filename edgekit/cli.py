@@ -123,7 +123,8 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
                               calib=source, calib_samples=samples, calib_method=args.calib_method,
                               synthetic=args.synthetic_calib, io_dtype=args.io_dtype, force=args.force,
                               max_drop=args.max_drop, max_float_layers=args.max_float_layers,
-                              sensitivity=args.sensitivity is not None)
+                              sensitivity=args.sensitivity is not None,
+                              parallel=False if args.sequential else None)
     model, name, weights, sha = _export_model(args)
     files = export(model, name=name, out=args.out, settings=settings, weights_file=weights, weights_sha256=sha)
     if args.json:
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-float-layers", type=int, metavar="N", help="at most N float layers for --max-drop")
     p.add_argument("--sensitivity", type=int, nargs="?", const=10, metavar="N",
                    help="measure per-layer int8 sensitivity and print the N most sensitive (default 10)")
+    p.add_argument("--sequential", action="store_true",
+                   help="convert everything in this process (by default, from 128x128 inputs up, a second process "
+                        "converts the TFLite files while this one does the ONNX ones)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("validate", help="top-1 of an exported file and of its PyTorch source on real data")

@@ -36,6 +36,8 @@ __all__ = ["ExportSettings", "ExportedFile", "export", "SQNR_FLOOR_DB"]
 SQNR_FLOOR_DB = {"fp32": 60.0, "int8": 20.0}
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
 SENSITIVITY_SAMPLES = 128  # held-out images per sensitivity pass (one pass per layer)
+PARALLEL_MIN_PIXELS = 128 * 128
+REFERENCE_CHUNK = 16  # images per PyTorch forward for the reference logits (large batches run slower)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class ExportSettings:
     max_float_layers: int | None = None  # the most layers the fallback may keep float (None: any number)
     accuracy_samples: int = 1000  # labelled held-out test images for the top-1 of max_drop
     sensitivity: bool = False  # measure per-layer sensitivity of every int8 file (the manifest keeps it)
+    # convert the TFLite graphs in a worker process while this one does the ONNX files. None: when both
+    # formats are asked for, two CPUs are usable and the input has at least PARALLEL_MIN_PIXELS (below
+    # that the worker's start-up, ~6 s of imports, costs more than the conversion it takes over)
+    parallel: bool | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "formats", tuple(self.formats))
@@ -64,6 +70,8 @@ class ExportSettings:
             if p not in SQNR_FLOOR_DB:
                 raise ValueError(f"precision {p!r} is not one of {tuple(SQNR_FLOOR_DB)} (dynamic-range files "
                                  f"are not int8 and are not produced)")
+        if self.parallel not in (None, True, False):
+            raise ValueError(f"parallel {self.parallel!r} must be True, False or None (decide by input size)")
         if not self.formats or not self.precisions:
             raise ValueError("name at least one format and one precision")
         method_from_name(self.calib_method)  # refuses an unknown method, listing the four
@@ -116,11 +124,51 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     labelled = _labelled(pre, settings) if settings.max_drop is not None else None
     calib, calibration = _calibration(pre, settings) if "int8" in settings.precisions else (None, None)
     holdout = _holdout(pre, settings)
-    with torch.no_grad():
-        reference = model(torch.from_numpy(holdout)).numpy()
+    background = _start_tflite_worker(model, example, settings)
+    try:
+        pending = _checked(name, model, example, calib, holdout, labelled, settings, background)
+    finally:
+        if background is not None:
+            background.close()
+    written = []
+    for fmt, precision, exp, parity, extra in pending:
+        manifest = _manifest(name, model, fmt, precision, exp, parity, pre, calibration, weights_file, weights_sha256,
+                             extra)
+        path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
+        written.append(ExportedFile(write_artifact(path, exp.model_bytes, manifest), parity, len(exp.model_bytes),
+                                    tuple(manifest.notes)))
+    return written
+
+
+def _parallel(settings: ExportSettings, example: torch.Tensor) -> bool:
+    if settings.parallel is not None:
+        return settings.parallel and "tflite" in settings.formats
+    from ._background import usable_cpus
+    return (set(settings.formats) == {"onnx", "tflite"} and usable_cpus() >= 2
+            and example.shape[2] * example.shape[3] >= PARALLEL_MIN_PIXELS)
+
+
+def _start_tflite_worker(model: nn.Module, example: torch.Tensor, settings: ExportSettings):
+    """The TFLite float conversions started in a worker process, or None (not parallel, or the model
+    cannot be sent to another process: then they run here, in turn)."""
+    if not _parallel(settings, example):
+        return None
+    from ._background import Background
+    from .exporters.tflite import convert_float_graphs
+    return Background.start(convert_float_graphs, model, example, fp32="fp32" in settings.precisions,
+                            int8="int8" in settings.precisions, what="the TFLite conversion")
+
+
+def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout: np.ndarray, labelled,
+             settings: ExportSettings, background) -> list[tuple]:
+    """Every requested file converted and checked against PyTorch on ``holdout``, in memory."""
+    with torch.inference_mode():
+        reference = torch.cat([model(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK]))
+                               for i in range(0, len(holdout), REFERENCE_CHUNK)]).numpy()
     pending = []
     for fmt in settings.formats:
-        for precision, exp, extra in _converted(fmt, name, model, example, calib, holdout, labelled, settings):
+        for precision, exp, extra in _converted(fmt, name, model, example, calib, holdout, labelled, settings,
+                                                background):
             got = exp(holdout.transpose(0, 2, 3, 1) if exp.inputs[0].layout == "NHWC" else holdout)
             parity = compare(reference, got)
             floor = SQNR_FLOOR_DB["int8" if precision == "mixed" else precision]
@@ -131,14 +179,7 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
                     raise ValueError(f"{fmt} {precision} of {name} is not faithful to PyTorch (SQNR floor {floor} dB; "
                                      f"--force writes it anyway):\n{e}") from None
             pending.append((fmt, precision, exp, parity, extra))
-    written = []
-    for fmt, precision, exp, parity, extra in pending:
-        manifest = _manifest(name, model, fmt, precision, exp, parity, pre, calibration, weights_file, weights_sha256,
-                             extra)
-        path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
-        written.append(ExportedFile(write_artifact(path, exp.model_bytes, manifest), parity, len(exp.model_bytes),
-                                    tuple(manifest.notes)))
-    return written
+    return pending
 
 
 def _labelled(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, np.ndarray, str]:
@@ -179,21 +220,23 @@ def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
 
 
 def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,
-               holdout: np.ndarray, labelled, s: ExportSettings):
+               holdout: np.ndarray, labelled, s: ExportSettings, background=None):
     """``_convert``, with converter and quantizer failures turned into a ValueError that says which
     export failed (the converters' messages name the op and the module)."""
+    from ._background import WorkerDied
     from .exporters.onnx import OnnxExportError
     from .exporters.tflite import ConversionError
     try:
-        yield from _convert(fmt, model, example, calib, holdout, labelled, s)
-    except (OnnxExportError, ConversionError) as e:
+        yield from _convert(fmt, model, example, calib, holdout, labelled, s, background)
+    except (OnnxExportError, ConversionError, WorkerDied) as e:
         raise ValueError(f"{fmt} export of {name} failed: {e}") from e
 
 
 def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, holdout: np.ndarray,
-             labelled, s: ExportSettings):
+             labelled, s: ExportSettings, background=None):
     """Yield (precision, export, manifest extras) for one format; int8 reuses the fp32 conversion
-    where it can, and becomes "mixed" when ``max_drop`` makes layers fall back to float."""
+    where it can, and becomes "mixed" when ``max_drop`` makes layers fall back to float. The TFLite
+    float graphs come from ``background`` (a worker converting them) when there is one."""
     if fmt == "onnx":
         from .exporters.onnx import export_onnx_fp32
         fp32 = export_onnx_fp32(model, example)
@@ -203,10 +246,11 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
             yield _int8_or_mixed(_OnnxFiles(fp32, calib, s), holdout, labelled, s)
     else:
         from .exporters.tflite import export_tflite_fp32
+        graphs = background.result() if background is not None else {}
         if "fp32" in s.precisions:
-            yield "fp32", export_tflite_fp32(model, example), {}
+            yield "fp32", graphs.get("fp32") or export_tflite_fp32(model, example), {}
         if "int8" in s.precisions:
-            yield _int8_or_mixed(_TfliteFiles(model, example, calib, s), holdout, labelled, s)
+            yield _int8_or_mixed(_TfliteFiles(model, example, calib, s, graphs.get("int8")), holdout, labelled, s)
 
 
 class _OnnxFiles:
@@ -245,10 +289,10 @@ class _OnnxFiles:
 class _TfliteFiles:
     """The TFLite int8 file, the float graph it was quantized from and its mixed variants."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, calib: np.ndarray, s: ExportSettings):
+    def __init__(self, model: nn.Module, example: torch.Tensor, calib: np.ndarray, s: ExportSettings, graph=None):
         from .exporters.tflite import plan_tflite_int8
         self.model, self.s = model, s
-        self.plan = plan_tflite_int8(model, example, calib, method=s.calib_method)
+        self.plan = plan_tflite_int8(model, example, calib, method=s.calib_method, graph=graph)
         self.int8 = self.final(())
 
     def final(self, layers) -> Any:

@@ -85,3 +85,19 @@ def test_cli_errors_exit_nonzero(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli("validate", str(tmp_path / "nothing.tflite"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.slow
+def test_tflite_files_converted_in_a_worker_are_the_same(tmp_path):
+    """parallel=True converts the TFLite graphs in a second process; the files must not differ from
+    the ones converted in this process."""
+    model = create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)
+    data = {}
+    for parallel in (False, True):
+        out = tmp_path / str(parallel)
+        out.mkdir()
+        files = export(model, name="g", out=out, settings=ExportSettings(formats=("tflite",), calib_samples=32,
+                                                                         holdout=32, parallel=parallel))
+        data[parallel] = {f.artifact.manifest.precision: f.artifact.path.read_bytes() for f in files}
+    assert set(data[True]) == {"fp32", "int8"}
+    assert data[True] == data[False]

@@ -619,6 +619,20 @@ def _export_fp32(model: nn.Module, example_nchw: torch.Tensor, layout: str, *, i
                         tools=tool_versions(), route="litert-torch", convert_seconds=seconds)
 
 
+def convert_float_graphs(model: nn.Module, example_nchw: torch.Tensor, *, layout: str = "NHWC",
+                         fp32: bool = True, int8: bool = True) -> dict[str, TfliteExport]:
+    """The float conversions an export needs, in one call (``edgekit.export`` runs it in a worker
+    process, beside the ONNX work): ``"fp32"``, the file :func:`export_tflite_fp32` gives, and
+    ``"int8"``, the float graph with the int8 rewrites that :func:`plan_tflite_int8` takes as
+    ``graph=``. When no rewrite applies the two graphs are the same and converted once."""
+    out = {}
+    if fp32:
+        out["fp32"] = export_tflite_fp32(model, example_nchw, layout=layout)
+    if int8:
+        out["int8"] = _export_fp32(model, example_nchw, layout, int8_rewrites=True)
+    return out
+
+
 # ---- running ------------------------------------------------------------------------------------
 
 def _to_input(x: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
@@ -836,15 +850,22 @@ class Int8Plan:
 
 
 def plan_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.ndarray, *, method: Any = "minmax",
-                     layout: str = "NHWC", ranges: Mapping[str, tuple[float, float]] | None = None) -> Int8Plan:
+                     layout: str = "NHWC", ranges: Mapping[str, tuple[float, float]] | None = None,
+                     graph: TfliteExport | None = None) -> Int8Plan:
     """Convert ``model`` with the int8 rewrites and measure its activation ranges on ``calib``
-    (see :func:`export_tflite_int8` for the arguments)."""
+    (see :func:`export_tflite_int8` for the arguments). ``graph``: that conversion done already
+    (``convert_float_graphs(...)["int8"]`` of the same model, example and layout)."""
     from edgekit.calibration.ranges import RangeEstimator, method_from_name
     estimator = method if isinstance(method, RangeEstimator) else method_from_name(method)
     _check_example(example_nchw, layout)
     calib = _check_calib(calib, tuple(example_nchw.shape[1:]))
     t0 = time.perf_counter()
-    fp32 = _export_fp32(model, example_nchw, layout, int8_rewrites=True)
+    if graph is not None and (graph.precision != "fp32" or graph.inputs[0].shape != _file_input_shape(example_nchw,
+                                                                                                      layout)):
+        raise ValueError(f"graph= must be the float conversion of this model for input "
+                         f"{_file_input_shape(example_nchw, layout)}; got a {graph.precision} file for "
+                         f"{graph.inputs[0].shape}")
+    fp32 = graph if graph is not None else _export_fp32(model, example_nchw, layout, int8_rewrites=True)
     calib_in = np.ascontiguousarray(calib.transpose(0, 2, 3, 1) if fp32.inputs[0].layout == "NHWC" else calib)
     with _quiet_tools("TFLite int8 calibration"):
         measured = _measure_ranges(fp32.model_bytes, calib_in, estimator)
@@ -966,6 +987,11 @@ def export_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.n
         raise ValueError(f"io_dtype {io_dtype!r} must be one of {IO_DTYPES}")
     plan = plan_tflite_int8(model, example_nchw, calib, method=method, layout=layout, ranges=ranges)
     return quantize_tflite(plan, io_dtype=io_dtype)
+
+
+def _file_input_shape(example_nchw: torch.Tensor, layout: str) -> tuple[int, ...]:
+    b, c, h, w = (int(d) for d in example_nchw.shape)
+    return (b, h, w, c) if layout == "NHWC" else (b, c, h, w)
 
 
 def _check_calib(calib: Any, chw: tuple[int, ...]) -> np.ndarray:

@@ -188,3 +188,29 @@ def test_sshd_killed_mid_run_then_the_next_run_works(srv, artifacts, home, tmp_p
     srv.start()
     m = measure(path, device=srv.address, protocol=FAST, **opts(srv, tmp_path))
     assert m.result.stats.n >= 50 and ResultStore().count() == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: the device's cache filesystem, too small for the model. Mounting needs root
+    (the test command runs as root on the CI machine)."""
+    mnt = tmp_path / "small disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small tmpfs needs root; run `make test` as root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True, timeout=30)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+def test_device_disk_full_is_a_clear_error_and_leaves_nothing(srv, artifacts, home, tmp_path, small_disk):
+    path = artifacts[("tflite", "fp32")]
+    assert path.stat().st_size > 64 * 1024
+    with pytest.raises(DeviceError, match=r"verify failed: disk-full: model.tflite could not be stored in the "
+                                          r"cache .*No space left on device; free space on the device") as e:
+        measure(path, device=srv.address, protocol=FAST, **opts(srv, tmp_path, cache_dir=str(small_disk)))
+    assert e.value.kind == "disk-full" and e.value.device == srv.address
+    assert list((small_disk / "models").iterdir()) == []  # no partial model in the cache
+    assert ResultStore().count() == 0
+    m = measure(path, device=srv.address, protocol=FAST, **opts(srv, tmp_path))  # elsewhere it runs
+    assert m.result.stats.n >= 50 and ResultStore().count() == 1

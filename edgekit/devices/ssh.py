@@ -49,7 +49,7 @@ print(json.dumps({"cache": cache, "work": work, "numpy": np_version, "python": s
 
 # Runs on the device: check each uploaded file's sha256, then move it into the cache atomically.
 _INSTALL = r"""
-import hashlib, json, os, shutil, sys
+import errno, hashlib, json, os, shutil, sys
 work, cache = sys.argv[1], sys.argv[2]
 for name, rel, want in zip(sys.argv[3::3], sys.argv[4::3], sys.argv[5::3]):
     h = hashlib.sha256()
@@ -61,8 +61,17 @@ for name, rel, want in zip(sys.argv[3::3], sys.argv[4::3], sys.argv[5::3]):
               f"{name} arrived with sha256 {h.hexdigest()[:16]}... instead of {want[:16]}...: corrupted in transit"}))
         sys.exit(3)
     dest = os.path.join(cache, rel)
-    shutil.copyfile(os.path.join(work, name), dest + ".partial")
-    os.replace(dest + ".partial", dest)
+    try:
+        shutil.copyfile(os.path.join(work, name), dest + ".partial")
+        os.replace(dest + ".partial", dest)
+    except OSError as e:  # nothing half-written stays in the cache
+        if os.path.exists(dest + ".partial"):
+            os.remove(dest + ".partial")
+        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+        print(json.dumps({"ok": False, "kind": "disk-full" if full else "install-failed", "message":
+              f"{name} could not be stored in the cache {cache}: {e.strerror}" +
+              ("; free space on the device or point --device-cache elsewhere" if full else "")}))
+        sys.exit(4)
 print(json.dumps({"ok": True}))
 """
 

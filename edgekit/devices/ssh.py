@@ -33,7 +33,7 @@ _SAFE_REMOTE = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
 # Runs on the device with its Python: cache dirs, a work dir, what the cache already holds.
 _PROBE = r"""
-import json, os, sys, tempfile
+import json, os, shutil, stat, sys, tempfile, time
 cache = os.path.abspath(os.path.expanduser(sys.argv[1]))
 for sub in ("models", "agents"):
     os.makedirs(os.path.join(cache, sub), exist_ok=True)
@@ -42,7 +42,18 @@ try:
     np_version = numpy.__version__
 except ImportError:
     np_version = None
-work = tempfile.mkdtemp(prefix="edgekit-run-", dir="/tmp" if os.path.isdir("/tmp") else None)
+root = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+# work directories of runs cut off a day or more ago (a dropped connection cannot clean up after itself)
+for old in os.listdir(root):
+    path = os.path.join(root, old)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        continue
+    if old.startswith("edgekit-run-") and stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and \
+            time.time() - st.st_mtime > 86400:
+        shutil.rmtree(path, ignore_errors=True)
+work = tempfile.mkdtemp(prefix="edgekit-run-", dir=root)
 print(json.dumps({"cache": cache, "work": work, "numpy": np_version, "python": sys.version.split()[0],
                   "have": [p for p in sys.argv[2:] if os.path.isfile(os.path.join(cache, p))]}))
 """

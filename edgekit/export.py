@@ -121,11 +121,11 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     pre = preprocessing_for(model.default_cfg)
     c, h, w = model.default_cfg["input_size"]
     example = torch.zeros(1, c, h, w)
-    labelled = _labelled(pre, settings) if settings.max_drop is not None else None
-    calib, calibration = _calibration(pre, settings) if "int8" in settings.precisions else (None, None)
-    holdout = _holdout(pre, settings)
     background = _start_tflite_worker(model, example, settings)
     try:
+        labelled = _labelled(pre, settings) if settings.max_drop is not None else None
+        calib, calibration = _calibration(pre, settings) if "int8" in settings.precisions else (None, None)
+        holdout = _holdout(pre, settings)
         pending = _checked(name, model, example, calib, holdout, labelled, settings, background)
     finally:
         if background is not None:

@@ -1,8 +1,10 @@
 """`edgekit export` / `validate` end to end on real Fashion-MNIST: four files, their manifests,
 parity against PyTorch, and nothing written when anything fails."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +69,26 @@ def test_nan_calibration_data_fails_and_writes_nothing(tmp_path):
         export(model, name="g", out=out, settings=ExportSettings(formats=("onnx",), calib=str(tmp_path / "calib.npy"),
                                                                  calib_samples=32))
     assert list(out.iterdir()) == []
+
+
+def test_a_failed_export_stops_its_worker(tmp_path):
+    """With parallel=True a worker starts converting the TFLite files first; the bad calibration
+    data fails the export, and the worker and its files go with it."""
+    import tempfile
+    import time
+    bad = np.full((64, 28, 28), np.nan, np.float32)
+    np.save(tmp_path / "calib.npy", bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    model = create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)
+    t0 = time.time() - 1
+    with pytest.raises(ValueError, match="NaN"):
+        export(model, name="g", out=out, settings=ExportSettings(calib=str(tmp_path / "calib.npy"), calib_samples=32,
+                                                                 parallel=True))
+    assert list(out.iterdir()) == []
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not [c for c in children if "edgekit._background" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert not [p for p in Path(tempfile.gettempdir()).glob("edgekit-worker-*") if p.stat().st_mtime >= t0]
 
 
 def test_bad_settings_are_refused_before_any_work():

@@ -399,3 +399,24 @@ def test_rank_correlations_and_accuracy():
     m = accuracy([1.04, 2.19, 2.9], [1.0, 2.0, 3.0])
     assert (m["within_5pct"], m["within_10pct"]) == (pytest.approx(2 / 3), pytest.approx(1.0))
     assert m["mape"] == pytest.approx(100 * (0.04 + 0.095 + 1 / 30) / 3)
+
+
+@pytest.mark.slow
+def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    units = MICRO.distinct_signatures()[:4]
+    timer = _device_timer(tmp_path / "two", store, workers=2)
+    ms = timer(units)
+    assert len(ms) == 4 and all(m > 0 for m in ms)
+    assert [u.key for u in timer.log] == [u.key for u in units]
+    assert all(not u.reused and u.export_s > 0 for u in timer.log)  # exported for this build, by prepare
+    one = _device_timer(tmp_path / "one", store)
+    for unit in units:
+        path, _, reused = one.exporter.artifact(unit)
+        assert not reused and path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
+    again = _device_timer(tmp_path / "two", store, workers=2)
+    again.prepare(units)  # everything is there: nothing exported, no worker started
+    again(units[:1])
+    assert again.log[0].reused
+    with pytest.raises(ValueError, match="workers 0 must be an int >= 1"):
+        _device_timer(tmp_path / "x", store, workers=0)

@@ -95,6 +95,9 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
     picks = sample_checks(space, samples, seed)
     units = [NetworkUnit(space.spec(c, name=f"check-{seed}-{i}"), space.in_chans, space.num_classes)
              for i, c in enumerate(picks)]
+    prepare = getattr(measure, "prepare", None)
+    if prepare is not None:  # a device timer exports every network first, on all its workers
+        prepare(units)
     measured: list[float] = []
     for i, unit in enumerate(units):
         ms = list(measure([unit]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -80,7 +81,30 @@ def cmd_lut_predict(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+class _Progress:
+    """``done/total``, elapsed time and ETA (from the mean time per unit so far), a line per call."""
+
+    def __init__(self, out: Console, what: str):
+        self.out, self.what, self.t0 = out, what, time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / done * (total - done) if done else float("nan")
+        width = 24
+        bar = "#" * round(width * done / total) if total else ""
+        self.out.print(f"  [{bar:<{width}}] {self.what} {done}/{total}  {_clock(elapsed)} elapsed, "
+                       f"ETA {_clock(eta)}", highlight=False, markup=False)
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing measured yet
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
 def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=None):
+    from .._background import usable_cpus
     from ..devices.stats import Protocol
     from .device import DeviceTimer
 
@@ -88,7 +112,8 @@ def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=Non
     options = {"profile": args.profile} if args.profile else {}
     return DeviceTimer(space, work_dir=work_dir, device=args.device, format=args.format, precision=args.precision,
                        protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
-                       run_samples=args.run_samples, expect=expect, device_options=options)
+                       run_samples=args.run_samples, expect=expect, device_options=options,
+                       workers=args.export_workers or min(2, usable_cpus()))
 
 
 def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
@@ -113,9 +138,7 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
 
     space = space_from_args(args)
 
-    def progress(done: int, total: int) -> None:
-        if not args.json:
-            out.print(f"  measured {done}/{total}", highlight=False)
+    progress = None if args.json else _Progress(out, "measured")
 
     if args.format == "torch":
         if args.device != "local" or args.precision != "fp32":
@@ -161,9 +184,7 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
     space = FBNetV1Space.from_dict(lut.space)
     timer = _device_timer(args, space, work_dir=_work_dir(args, args.lut), expect=lut.device)
 
-    def progress(done: int, total: int) -> None:
-        if not args.json:
-            out.print(f"  measured network {done}/{total}", highlight=False)
+    progress = None if args.json else _Progress(out, "measured network")
 
     report = check_lut(lut, timer, samples=args.samples, seed=args.seed, fit=args.fit, progress=progress)
     report["cost"] = timer.cost()
@@ -217,6 +238,8 @@ def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | 
     p.add_argument("--calib-method", default="minmax")
     p.add_argument("--run-samples", type=int, default=4, help="inputs fed to each timed file")
     p.add_argument("--work-dir", help="where exported files and manifests go (default: next to the LUT)")
+    p.add_argument("--export-workers", type=int, help="processes exporting units ahead of their measurement "
+                                                      "(default: 2 when two CPUs are usable, else 1)")
 
 
 def add_lut_commands(sub: argparse._SubParsersAction) -> None:
@@ -242,7 +265,7 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", help="tflite or onnx (exported, run on --device) or torch (local)")
     p.add_argument("--precision", default="fp32", help="fp32 or int8")
     _add_device_arguments(p, threads_default=1)
-    p.add_argument("--chunk", type=int, default=8, help="save after every N measured blocks")
+    p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)

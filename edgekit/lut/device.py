@@ -45,7 +45,7 @@ from .build import NetworkUnit, Unit
 from .lut import LutMismatchError
 from .space import BlockSig, FBNetV1Space
 
-__all__ = ["DeviceTimer", "UnitLog", "REFERENCE_CANDIDATE"]
+__all__ = ["DeviceTimer", "UnitExporter", "UnitLog", "REFERENCE_CANDIDATE"]
 
 REFERENCE_CANDIDATE = "k3_e3"
 CALIB_SOURCE = "fashion-mnist"
@@ -82,35 +82,28 @@ class DeviceTimer:
                  precision: str = "int8", protocol: Any = None, store: Any = None, calib_samples: int = 64,
                  calib_method: str = "minmax", io_dtype: str = "int8", run_samples: int = 4,
                  reference: Sequence[str] | None = None, expect: Mapping[str, Any] | None = None,
-                 device_options: Mapping[str, Any] | None = None):
+                 device_options: Mapping[str, Any] | None = None, workers: int = 1):
         from ..devices import open_device
         from ..devices.stats import Protocol
 
-        if format not in EXTENSIONS:
-            raise ValueError(f"format {format!r}: device measurements export {' or '.join(EXTENSIONS)} files")
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision {precision!r} must be fp32 or int8")
-        for label, v in (("calib_samples", calib_samples), ("run_samples", run_samples)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} {v!r} must be an int >= 1")
         self.space, self.format, self.precision = space, format, precision
         self.protocol = protocol if protocol is not None else Protocol()
         self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.device = open_device(device, **dict(device_options or {})) if isinstance(device, str) else device
         if store is None:
             from ..devices.store import ResultStore
             store = ResultStore()
         self.store = store or None
-        self.calib_samples, self.calib_method, self.io_dtype = calib_samples, calib_method, io_dtype
-        self.run_samples = run_samples
-        self.reference = tuple(reference) if reference is not None else (REFERENCE_CANDIDATE,) * len(space.layers)
-        space.check_choices(self.reference)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers {workers!r} must be an int >= 1")
+        self.exporter = UnitExporter(space, work_dir=self.work_dir, format=format, precision=precision,
+                                     calib_samples=calib_samples, calib_method=calib_method, io_dtype=io_dtype,
+                                     run_samples=run_samples, reference=reference)
+        self.workers = workers
         self.fingerprint: dict[str, Any] | None = None if expect is None else dict(expect)
         self.log: list[UnitLog] = []
         self._probed: dict[str, float] = {}
-        self._activations: tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]] | None = None
-        self._images: tuple[np.ndarray, np.ndarray] | None = None
+        self._exported_ahead: dict[str, float] = {}  # unit key -> its share of the wall time of ``prepare``
 
     @property
     def threads(self) -> int:
@@ -118,6 +111,7 @@ class DeviceTimer:
 
     # ---- the measuring function ----------------------------------------------------------------
     def __call__(self, units: Sequence[Unit]) -> list[float]:
+        self.prepare([u for u in units if u.key not in self._probed])
         out = []
         for unit in units:
             if unit.key in self._probed:
@@ -133,10 +127,39 @@ class DeviceTimer:
         assert self.fingerprint is not None
         return dict(self.fingerprint)
 
+    def prepare(self, units: Sequence[Unit]) -> None:
+        """Export the units whose files are not in ``work_dir`` yet, split over ``workers`` processes
+        (this one and ``workers - 1`` started for the call), before any of them is measured: the
+        converters' fixed cost per file runs on every core, and no export runs beside a timed loop."""
+        missing = list({u.key: u for u in units if not self.exporter.exported(u)}.values())
+        if self.workers < 2 or len(missing) < 2:
+            return  # ``_measure`` exports what it needs, one file at a time
+        from .._background import Background
+
+        t0 = time.perf_counter()
+        shards = [missing[i::self.workers] for i in range(self.workers)]
+        jobs = [Background.start(_export_units, self.exporter, shard, what=f"the export of {len(shard)} LUT units")
+                for shard in shards[1:] if shard]
+        try:
+            _export_units(self.exporter, shards[0])
+            for job, shard in zip(jobs, shards[1:]):
+                if job is None:  # the units could not be sent to another process
+                    _export_units(self.exporter, shard)
+                else:
+                    job.result()
+        finally:
+            for job in jobs:
+                if job is not None:
+                    job.close()
+        share = (time.perf_counter() - t0) / len(missing)
+        self._exported_ahead.update({u.key: share for u in missing})
+
     def _measure(self, unit: Unit) -> float:
         from ..devices.base import open_model
 
-        path, export_s, reused = self._artifact(unit)
+        path, export_s, reused = self.exporter.artifact(unit)
+        if unit.key in self._exported_ahead:  # exported by ``prepare`` for this measurement, not re-used
+            export_s, reused = self._exported_ahead.pop(unit.key), False
         model = open_model(path)  # verifies the file against its manifest's sha256
         inputs = self._run_inputs(unit, model.manifest.inputs[0])
         t0 = time.perf_counter()
@@ -159,6 +182,68 @@ class DeviceTimer:
             raise LutMismatchError("this device is not the one the LUT was measured on: " + "; ".join(diff) +
                                    ". Build a LUT for this device with `edgekit lut build`")
 
+    def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
+        if isinstance(unit, NetworkUnit) or unit.kind == "stem":
+            x = self.exporter.calib_images()[1]
+        else:
+            x = self.exporter.calib_for(unit)[1]
+        if spec.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x.reshape(len(x), *spec.shape), dtype=np.float32)
+
+    # ---- summaries -----------------------------------------------------------------------------
+    def cost(self) -> dict[str, Any]:
+        """Mean seconds per unit spent exporting (fresh exports only) and on the device."""
+        fresh = [u.export_s for u in self.log if not u.reused]
+        return {"units": len(self.log), "exported": len(fresh),
+                "export_s_mean": float(np.mean(fresh)) if fresh else None,
+                "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
+
+
+
+def _export_units(exporter: "UnitExporter", units: Sequence[Unit]) -> int:
+    """Export ``units`` into the exporter's work directory (what a worker process of ``prepare`` runs)."""
+    for unit in units:
+        exporter.artifact(unit)
+    return len(units)
+
+
+class UnitExporter:
+    """Exports LUT units as artifacts into ``work_dir``, each file named by the unit and the recipe
+    (so a file already there is that unit's, and is re-used). Picklable: ``DeviceTimer.prepare``
+    hands it to worker processes."""
+
+    def __init__(self, space: FBNetV1Space, *, work_dir: str | Path, format: str = "tflite", precision: str = "int8",
+                 calib_samples: int = 64, calib_method: str = "minmax", io_dtype: str = "int8", run_samples: int = 4,
+                 reference: Sequence[str] | None = None):
+        if format not in EXTENSIONS:
+            raise ValueError(f"format {format!r}: device measurements export {' or '.join(EXTENSIONS)} files")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision {precision!r} must be fp32 or int8")
+        for label, v in (("calib_samples", calib_samples), ("run_samples", run_samples)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{label} {v!r} must be an int >= 1")
+        self.space, self.format, self.precision = space, format, precision
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.calib_samples, self.calib_method, self.io_dtype = calib_samples, calib_method, io_dtype
+        self.run_samples = run_samples
+        self.reference = tuple(reference) if reference is not None else (REFERENCE_CANDIDATE,) * len(space.layers)
+        space.check_choices(self.reference)
+        self._activations: tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]] | None = None
+        self._images: tuple[np.ndarray, np.ndarray] | None = None
+
+    def path(self, unit: Unit) -> Path:
+        ident = json.dumps({"unit": unit.key, "space": self.space.to_dict(), **self._recipe()}, sort_keys=True)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        kind = "network" if isinstance(unit, NetworkUnit) else unit.kind
+        return self.work_dir / f"lut-{kind}-{digest}-{self.format}-{self.precision}{EXTENSIONS[self.format]}"
+
+    def exported(self, unit: Unit) -> bool:
+        from ..exporters.artifact import manifest_path
+        path = self.path(unit)
+        return path.is_file() and manifest_path(path).is_file()
+
     # ---- export --------------------------------------------------------------------------------
     def _recipe(self) -> dict[str, Any]:
         r: dict[str, Any] = {"format": self.format, "precision": self.precision}
@@ -169,14 +254,11 @@ class DeviceTimer:
                 r["io_dtype"] = self.io_dtype
         return r
 
-    def _artifact(self, unit: Unit) -> tuple[Path, float, bool]:
-        from ..exporters.artifact import manifest_path, write_artifact
+    def artifact(self, unit: Unit) -> tuple[Path, float, bool]:
+        from ..exporters.artifact import write_artifact
 
-        ident = json.dumps({"unit": unit.key, "space": self.space.to_dict(), **self._recipe()}, sort_keys=True)
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        kind = "network" if isinstance(unit, NetworkUnit) else unit.kind
-        path = self.work_dir / f"lut-{kind}-{digest}-{self.format}-{self.precision}{EXTENSIONS[self.format]}"
-        if path.is_file() and manifest_path(path).is_file():
+        path = self.path(unit)
+        if self.exported(unit):
             return path, 0.0, True
         t0 = time.perf_counter()
         module, example, calib, pre, arch, classes = self._module(unit)
@@ -194,13 +276,14 @@ class DeviceTimer:
             model = build_model(arch=unit.spec, num_classes=unit.num_classes, in_chans=unit.in_chans,
                                 resolution=unit.spec.resolution).eval()
             pre = preprocessing_for(model.default_cfg)
-            calib = self._calib_images()[0] if self.precision == "int8" else None
+            calib = self.calib_images()[0] if self.precision == "int8" else None
             c, h, w = model.default_cfg["input_size"]
             return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
         if not isinstance(unit, BlockSig):
             raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig or a NetworkUnit")
-        calib = self._calib_for(unit)[0] if self.precision == "int8" else None
+        calib = self.calib_for(unit)[0] if self.precision == "int8" else None
         pre = preprocessing_for(self._default_cfg()) if unit.kind == "stem" else None
+        torch.manual_seed(0)  # after calib_for, which may build the reference network: same weights in any order
         return unit.module().eval(), torch.zeros(1, *unit.in_shape), calib, pre, None, None
 
     def _export(self, module: torch.nn.Module, example: torch.Tensor, calib: np.ndarray | None):
@@ -241,7 +324,7 @@ class DeviceTimer:
         c, side = self.space.in_chans, self.space.resolution
         return {"input_size": [c, side, side], "mean": [_ARCH_MEAN] * c, "std": [_ARCH_STD] * c}
 
-    def _calib_images(self) -> tuple[np.ndarray, np.ndarray]:
+    def calib_images(self) -> tuple[np.ndarray, np.ndarray]:
         """(calibration images from the train split, timed-run images from the test split), NCHW."""
         if self._images is None:
             from ..calibration.data import calibration_batch, preprocessing_for
@@ -251,13 +334,13 @@ class DeviceTimer:
                 calibration_batch(CALIB_SOURCE, pre, samples=self.run_samples, seed=1, split="test"))
         return self._images
 
-    def _calib_for(self, sig: BlockSig) -> tuple[np.ndarray, np.ndarray]:
+    def calib_for(self, sig: BlockSig) -> tuple[np.ndarray, np.ndarray]:
         """(calibration, timed-run) inputs of a stem / block / head: images or reference activations."""
         if sig.kind == "stem":
-            return self._calib_images()
+            return self.calib_images()
         if self._activations is None:
-            self._activations = (self._reference_activations(self._calib_images()[0]),
-                                 self._reference_activations(self._calib_images()[1]))
+            self._activations = (self._reference_activations(self.calib_images()[0]),
+                                 self._reference_activations(self.calib_images()[1]))
         key = ("head", sig.in_shape) if sig.kind == "head" else sig.in_shape
         calib, run = self._activations
         if key not in calib:
@@ -281,24 +364,6 @@ class DeviceTimer:
                 x = block(x)
         seen[("head", tuple(x.shape[1:]))] = x.numpy().copy()
         return seen
-
-    def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
-        if isinstance(unit, NetworkUnit) or unit.kind == "stem":
-            x = self._calib_images()[1]
-        else:
-            x = self._calib_for(unit)[1]
-        if spec.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x.reshape(len(x), *spec.shape), dtype=np.float32)
-
-    # ---- summaries -----------------------------------------------------------------------------
-    def cost(self) -> dict[str, Any]:
-        """Mean seconds per unit spent exporting (fresh exports only) and on the device."""
-        fresh = [u.export_s for u in self.log if not u.reused]
-        return {"units": len(self.log), "exported": len(fresh),
-                "export_s_mean": float(np.mean(fresh)) if fresh else None,
-                "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
-
 
 
 def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path | None = None, chunk: int = 8,

@@ -420,3 +420,24 @@ def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tm
     assert again.log[0].reused
     with pytest.raises(ValueError, match="workers 0 must be an int >= 1"):
         _device_timer(tmp_path / "x", store, workers=0)
+
+
+@pytest.mark.slow
+def test_searched_spec_runs_on_the_luts_device_and_is_stored(device_build, tmp_path, home, capsys):
+    """The loop closed on a device LUT: `nas search --measure` exports the spec as the LUT's units
+    were (TFLite int8), runs it on the LUT's device, stores the result and adds it to the LUT."""
+    import shutil
+    from edgekit.cli import main
+    lut_path = shutil.copy(device_build["out"], tmp_path / "lut.json")
+    before = load_lut(lut_path)
+    rc = main(["nas", "search", "--lut", str(lut_path), "--epochs", "1", "--limit", "320", "--batch-size", "32",
+               "--out", str(tmp_path / "spec.json"), "--measure", "--json"])
+    assert rc == 0
+    m = json.loads(capsys.readouterr().out)["measured"]
+    assert (m["device"], m["format"], m["precision"]) == ("local", "tflite", "int8") and m["measured_ms"] > 0
+    after = load_lut(lut_path)
+    assert len(after.networks) == len(before.networks) + 1 and after.entries == before.entries
+    rows = ResultStore().query(device="local", format="tflite", precision="int8")
+    assert len(rows) == 1 and rows[0]["median_ms"] == pytest.approx(m["measured_ms"])
+    assert open_model(rows[0]["artifact_path"]).manifest.arch["name"] == ArchSpec.from_json(
+        (tmp_path / "spec.json").read_text()).name

@@ -152,3 +152,42 @@ def test_cli_lut_plan_and_predict(tmp_path, tiny_lut, capsys):
     assert main(["lut", "predict", "--lut", str(lut_path), "--arch", str(spec_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["plain_ms"] == pytest.approx(predict(TINY.spec(choices), tiny_lut).plain_ms)
+
+
+def test_searched_spec_measured_and_fed_back_into_the_lut(tmp_path, tiny_lut, capsys):
+    """--measure: the searched spec runs (here: the torch LUT's own timer on this host), the
+    measurement joins the LUT's networks, and the overhead model is refitted once two of them have
+    different plain sums."""
+    from edgekit.lut import load_lut
+    lut_path = save_lut(tiny_lut.replace(networks=(), overhead=None), tmp_path / "lut.json")
+    _, fast_ms = fastest_choices(TINY, tiny_lut)
+    base = ["nas", "search", "--lut", str(lut_path), "--epochs", "1", "--limit", "320", "--batch-size", "32",
+            "--measure", "--json"]
+    seen = []
+    for i, extra in enumerate(([], ["--target-ms", f"{fast_ms / 2:.6f}"])):  # free search; the fastest point
+        assert main([*base, *extra, "--out", str(tmp_path / f"s{i}.json")]) == 0
+        seen.append(json.loads(capsys.readouterr().out))
+        lut = load_lut(lut_path)
+        assert len(lut.networks) == i + 1 and lut.networks[-1]["ms"] == seen[-1]["measured"]["measured_ms"] > 0
+        assert lut.networks[-1]["choices"] == seen[-1]["choices"]
+    m = seen[1]["measured"]
+    assert m["plain_error_pct"] == pytest.approx(100 * (m["plain_ms"] - m["measured_ms"]) / m["measured_ms"])
+    assert not seen[0]["measured"]["overhead_refitted"]
+    assert m["overhead_refitted"] == (seen[0]["predicted"]["plain_ms"] != seen[1]["predicted"]["plain_ms"])
+    assert (lut.overhead is not None) == m["overhead_refitted"] and (lut.overhead is None or lut.overhead["n"] == 2)
+
+
+def test_a_target_maps_through_the_overhead_model(tmp_path, tiny_lut, capsys):
+    from edgekit.lut.predict import plain_target
+    lut = tiny_lut.replace(overhead={"model": "linear", "a_ms": 0.1, "b": 1.25, "n": 3, "mape_plain": 9.0,
+                                     "mape_fitted": 2.0})
+    plain, note = plain_target(lut, 0.6)
+    assert plain == pytest.approx(0.4) and "0.6 ms on the device = 0.4 ms of LUT plain sum" in note
+    assert plain_target(tiny_lut.replace(overhead=None), 0.6) == (0.6, None)
+    with pytest.raises(ValueError, match="below the fixed overhead 0.1 ms"):
+        plain_target(lut, 0.05)
+    lut_path = save_lut(lut, tmp_path / "lut.json")
+    assert main(["nas", "search", "--lut", str(lut_path), "--epochs", "1", "--limit", "320", "--batch-size", "32",
+                 "--target-ms", "0.6", "--out", str(tmp_path / "t.json"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["target_note"] == note and doc["target_ms"] == pytest.approx(0.4)

@@ -19,7 +19,8 @@ from ..models.arch import ArchSpec
 from .lut import Lut, LutError
 from .space import BlockSig, FBNetV1Space, network_signatures
 
-__all__ = ["OverheadModel", "Prediction", "fit_overhead", "mape", "predict", "with_overhead"]
+__all__ = ["OverheadModel", "Prediction", "add_measured_network", "fit_overhead", "mape", "plain_target", "predict",
+           "with_overhead"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,28 @@ def with_overhead(lut: Lut, space: FBNetV1Space, networks: Sequence[Mapping[str,
     overhead = {"model": "linear", "a_ms": model.a_ms, "b": model.b, "n": len(all_nets),
                 "mape_plain": mape(plain, measured), "mape_fitted": mape(fitted, measured)}
     return lut.replace(networks=tuple(dict(n) for n in all_nets), overhead=overhead)
+
+
+def plain_target(lut: Lut, target_ms: float) -> tuple[float, str | None]:
+    """A latency target on the device -> the LUT's plain-sum scale, which the search works in, through
+    the overhead model fitted on measured networks (``measured = a + b * plain``); unchanged, with no
+    note, when the LUT has no overhead model."""
+    o = lut.overhead
+    if not o or not o.get("b") or o["b"] <= 0:
+        return target_ms, None
+    plain = (target_ms - o["a_ms"]) / o["b"]
+    if plain <= 0:
+        raise ValueError(f"target {target_ms:g} ms is below the fixed overhead {o['a_ms']:.4g} ms that the LUT's "
+                         f"overhead model measured on {o['n']} networks: nothing in the space can run that fast")
+    return plain, (f"target {target_ms:g} ms on the device = {plain:.4g} ms of LUT plain sum by the overhead model "
+                   f"({o['a_ms']:.4g} ms + {o['b']:.3f} x sum, {o['n']} measured networks)")
+
+
+def add_measured_network(lut: Lut, space: FBNetV1Space, choices: Sequence[str], ms: float) -> Lut:
+    """``lut`` with one more measured network; the overhead model is refitted once there are two."""
+    net = {"choices": list(choices), "ms": float(ms)}
+    plain = {sum(lookup(space.signatures(n["choices"]), lut)) for n in (*lut.networks, net)}
+    if len(plain) < 2:  # one network, or all with the same plain sum: nothing to fit a line to yet
+        return lut.replace(networks=(*lut.networks, net))
+    return with_overhead(lut, space, [net])
+

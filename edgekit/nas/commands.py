@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.console import Console
 
@@ -12,14 +13,18 @@ __all__ = ["add_nas_commands"]
 def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     from ..lut.lut import load_lut
     from ..lut.space import SPACES
+    from ..lut.predict import plain_target
     from .dnas import DnasConfig, save_spec, search
 
     lut = load_lut(args.lut, format=args.format, precision=args.precision, threads=args.threads)
     if lut.space.get("name") != args.space:
         raise ValueError(f"{args.lut} is a LUT of space {lut.space.get('name')!r}, not {args.space!r}")
     space = SPACES[args.space].from_dict(lut.space)
+    target, target_note = (None, None) if args.target_ms is None else plain_target(lut, args.target_ms)
+    if args.measure and lut.format != "torch" and lut.device.get("device") is None:
+        raise ValueError(f"{args.lut} does not name the device it was measured on; --measure cannot run the spec")
     config = DnasConfig(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs - 1),
-                        batch_size=args.batch_size, limit=args.limit, target_ms=args.target_ms, seed=args.seed,
+                        batch_size=args.batch_size, limit=args.limit, target_ms=target, seed=args.seed,
                         theta_lr=args.theta_lr)
 
     def progress(rec: dict) -> None:
@@ -28,10 +33,14 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
                       f"E[LAT] {rec['expected_ms']:.4f} ms  argmax {rec['argmax_ms']:.4f} ms  "
                       f"({rec['seconds']:.0f} s)", highlight=False)
 
+    if target_note and not args.json:
+        out.print(f"note: {target_note}", markup=False, highlight=False, soft_wrap=True)
     result = search(space, lut, data=args.data, config=config, progress=progress)
     save_spec(result, args.out)
+    measured = _measure_spec(args, lut, space, result) if args.measure else None
     if args.json:
-        print(json.dumps({"out": str(args.out), **result.to_dict()}, indent=2))
+        print(json.dumps({"out": str(args.out), **result.to_dict(), "target_note": target_note,
+                          "measured": measured}, indent=2))
         return 0
     p = result.prediction
     fitted = "" if p.fitted_ms is None else f", {p.fitted_ms:.4f} ms with the overhead model"
@@ -40,7 +49,44 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     out.print("choices: " + " ".join(result.choices), markup=False, highlight=False, soft_wrap=True)
     for note in result.notes:
         out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if measured is not None:
+        fitted = "" if measured["fitted_ms"] is None else (f", overhead model {measured['fitted_ms']:.4f} ms "
+                                                           f"({measured['fitted_error_pct']:+.1f} %)")
+        out.print(f"measured on {measured['device']}: {measured['measured_ms']:.4f} ms; LUT plain sum "
+                  f"{measured['plain_ms']:.4f} ms ({measured['plain_error_pct']:+.1f} %){fitted}; added to "
+                  f"{args.lut} ({measured['lut_networks']} measured networks"
+                  + (", overhead model refitted)" if measured["overhead_refitted"] else ")"),
+                  markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
+    """The loop's last step: the searched spec exported as the LUT's entries were, run on the LUT's
+    device (the result goes to the results store), compared with the prediction, and added to the
+    LUT's measured networks so the overhead model, and the next search's target, use it."""
+    from ..devices.stats import Protocol
+    from ..lut.build import NetworkUnit, TorchTimer
+    from ..lut.device import DeviceTimer
+    from ..lut.lut import save_lut
+    from ..lut.predict import add_measured_network
+
+    unit = NetworkUnit(result.spec, space.in_chans, space.num_classes)
+    if lut.format == "torch":
+        timer = TorchTimer(threads=lut.threads)
+    else:
+        options = {"profile": args.profile} if args.profile else {}
+        timer = DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
+                            format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
+                            expect=lut.device, device_options=options)
+    (ms,) = timer([unit])
+    updated = add_measured_network(lut, space, result.choices, ms)
+    save_lut(updated, args.lut)
+    p = result.prediction
+    return {"device": lut.device.get("device", "local"), "format": lut.format, "precision": lut.precision,
+            "threads": lut.threads, "measured_ms": ms, "plain_ms": p.plain_ms,
+            "plain_error_pct": 100 * (p.plain_ms - ms) / ms, "fitted_ms": p.fitted_ms,
+            "fitted_error_pct": None if p.fitted_ms is None else 100 * (p.fitted_ms - ms) / ms,
+            "lut_networks": len(updated.networks), "overhead_refitted": updated.overhead != lut.overhead}
 
 
 def add_nas_commands(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +96,9 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="fbnet-v1")
     p.add_argument("--lut", required=True, help="LUT JSON of the space (its knobs set the space's scale)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a directory of IDX files or class folders")
-    p.add_argument("--target-ms", type=float, help="latency target (LUT plain sum); none = the paper's fixed beta")
+    p.add_argument("--target-ms", type=float, help="latency target in ms on the LUT's device (mapped to the LUT's plain "
+                                                   "sum by its overhead model when it has one); none = the paper's "
+                                                   "fixed beta")
     p.add_argument("--out", required=True, help="ArchSpec JSON to write")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--warmup-epochs", type=int, default=1)
@@ -61,5 +109,9 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="refuse the LUT unless it is this format")
     p.add_argument("--precision", help="refuse the LUT unless it is this precision")
     p.add_argument("--threads", type=int, help="refuse the LUT unless it used this many threads")
+    p.add_argument("--measure", action="store_true",
+                   help="export the searched spec, run it on the LUT's device, compare with the prediction and add "
+                        "the measurement to the LUT (its overhead model then maps the next --target-ms)")
+    p.add_argument("--profile", help="device profile (JSON/TOML) for the LUT's ssh:// or adb:// device (--measure)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nas_search)

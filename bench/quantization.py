@@ -395,7 +395,8 @@ def _get(d: dict, *keys, default=None):
 def markdown(doc: dict[str, Any]) -> str:
     fams = doc["families"]
     fp = doc["fingerprint"]
-    lines = [f"Fashion-MNIST, 1 channel, 10 classes; each model trained {doc['train']['epochs']} epoch on the first "
+    lines = [f"Fashion-MNIST, 1 channel, 10 classes; each model trained {doc['train']['epochs']} "
+             f"epoch{'s' if doc['train']['epochs'] != 1 else ''} on the first "
              f"{doc['train']['limit']:,} training images; top-1 on {doc['test_images']:,} test images. "
              f"int8 = int8 weights and activations, calibrated on 256 training images (minmax). "
              f"Latency: batch 1, {doc['threads']} thread, pinned core, median of {doc['runs']} runs with fp32 and "

@@ -4,6 +4,8 @@
 >>> DnasConfig().temperature(0)
 5.0
 """
-from .dnas import DnasConfig, SearchResult, SuperNet, fastest_choices, save_spec, search, search_arrays
+from .dnas import (DnasConfig, SearchResult, SuperNet, fastest_choices, save_spec, search, search_arrays,
+                   slowest_point_ms)
 
-__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays"]
+__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays",
+           "slowest_point_ms"]

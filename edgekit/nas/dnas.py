@@ -44,7 +44,8 @@ from ..lut.predict import Prediction, lookup, predict
 from ..lut.space import CANDIDATES, FBNetV1Space
 from ..models.arch import ArchSpec, BuildContext, build_block
 
-__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays"]
+__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays",
+           "slowest_point_ms"]
 
 # mean / std the ArchSpec networks of ``edgekit train --arch`` use, so a searched spec trains alike
 _MEAN, _STD = 0.449, 0.226
@@ -159,7 +160,8 @@ def fastest_choices(space: FBNetV1Space, lut: Lut) -> tuple[tuple[str, ...], flo
     return tuple(choices), float(total)
 
 
-def _slowest_ms(space: FBNetV1Space, lut: Lut) -> float:
+def slowest_point_ms(space: FBNetV1Space, lut: Lut) -> float:
+    """The plain-sum latency of the slowest point of the space by the LUT (per-layer maximum)."""
     fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
     return float(fixed + sum(max(lookup(space.layer_signatures(layer), lut)) for layer in space.layers))
 
@@ -228,7 +230,7 @@ def _below_fastest(space: FBNetV1Space, lut: Lut, config: DnasConfig) -> SearchR
     spec = space.spec(fastest, name=f"{space.name}-fastest")
     note = (f"target {config.target_ms:g} ms is below the fastest point of the space ({fast_ms:.4g} ms by the "
             f"LUT's plain sum): no search can reach it, so this is the fastest point")
-    return SearchResult(spec, fastest, predict(spec, lut), config.target_ms, fast_ms, _slowest_ms(space, lut),
+    return SearchResult(spec, fastest, predict(spec, lut), config.target_ms, fast_ms, slowest_point_ms(space, lut),
                         notes=(note,), config=_config_dict(config))
 
 
@@ -292,8 +294,8 @@ def search_arrays(space: FBNetV1Space, lut: Lut, x: np.ndarray, y: np.ndarray, *
     choices = net.choices()
     spec = space.spec(choices)
     prediction = predict(spec, lut)
-    notes = _notes(prediction, config, _slowest_ms(space, lut))
-    return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, _slowest_ms(space, lut),
+    notes = _notes(prediction, config, slowest_point_ms(space, lut))
+    return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, slowest_point_ms(space, lut),
                         tuple(history), tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()),
                         notes, time.perf_counter() - start, _config_dict(config))
 

@@ -441,3 +441,18 @@ def test_searched_spec_runs_on_the_luts_device_and_is_stored(device_build, tmp_p
     assert len(rows) == 1 and rows[0]["median_ms"] == pytest.approx(m["measured_ms"])
     assert open_model(rows[0]["artifact_path"]).manifest.arch["name"] == ArchSpec.from_json(
         (tmp_path / "spec.json").read_text()).name
+
+
+def test_cli_lut_build_prints_progress_with_eta_and_resumes(tmp_path, capsys):
+    from edgekit.cli import main
+    args = ["lut", "build", "--resolution", "16", "--width", "0.25", "--in-chans", "1", "--num-classes", "10",
+            "--head-channels", "64", "--format", "torch", "--precision", "fp32", "--runs", "3", "--warmup", "1",
+            "--chunk", "40", "--out", str(tmp_path / "lut.json")]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bars = [ln for ln in lines if "measured" in ln and "ETA" in ln]
+    assert len(bars) == 3 and "measured 104/104" in bars[-1] and "ETA 0:00" in bars[-1], lines
+    assert bars[0].lstrip().startswith("[" + "#" * 9) and "measured 40/104" in bars[0]
+    assert main(args) == 0  # resumed: nothing left to measure
+    assert not [ln for ln in capsys.readouterr().out.splitlines() if "ETA" in ln]
+    assert len(load_lut(tmp_path / "lut.json").entries) == 104

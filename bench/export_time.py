@@ -5,6 +5,7 @@ Run it in a fresh interpreter (bench/quantization.py does): the TFLite exporter 
 graphs in memory, so a second export in the same process would be timed against a warm cache.
 
     .venv/bin/python bench/export_time.py [--model ghostnet_1_0] [--resolution 224] [--out FILE.json]
+    .venv/bin/python bench/export_time.py --sequential --out bench/results/export_time_sequential.json
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(model_name: str, resolution: int) -> dict:
+def measure(model_name: str, resolution: int, sequential: bool = False) -> dict:
     from edgekit._background import usable_cpus
     from edgekit.export import ExportSettings, _parallel, export
     from edgekit.models import create_model
     t_import = time.perf_counter() - T_PROCESS
     torch.manual_seed(0)
     model = create_model(model_name, resolution=resolution).eval()
-    settings = ExportSettings()
+    settings = ExportSettings(parallel=False if sequential else None)
     doc = {"model": model_name, "resolution": resolution, "input_size": list(model.default_cfg["input_size"]),
            "num_classes": model.default_cfg.get("num_classes"), "weights": "fresh (torch.manual_seed(0))",
            "settings": {"formats": settings.formats, "precisions": settings.precisions, "calib": settings.calib,
@@ -69,8 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="ghostnet_1_0")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--out", default=str(RESULTS / "export_time.json"))
+    p.add_argument("--sequential", action="store_true", help="everything in this process (no TFLite worker)")
     args = p.parse_args(argv)
-    doc = measure(args.model, args.resolution)
+    doc = measure(args.model, args.resolution, args.sequential)
     doc["fingerprint"] = fingerprint(["bench/export_time.py", *(sys.argv[1:] if argv is None else argv)])
     write_json(Path(args.out), doc)
     print(f"{args.model} at {args.resolution}: " + (f"{doc['export_seconds']:.1f} s for {len(doc['files'])} files"

@@ -170,6 +170,8 @@ def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout:
         for precision, exp, extra in _converted(fmt, name, model, example, calib, holdout, labelled, settings,
                                                 background):
             got = exp(holdout.transpose(0, 2, 3, 1) if exp.inputs[0].layout == "NHWC" else holdout)
+            if got.ndim == 4 and exp.outputs[0].layout == "NHWC":  # a map output, channels last in the file
+                got = got.transpose(0, 3, 1, 2)
             parity = compare(reference, got)
             floor = SQNR_FLOOR_DB["int8" if precision == "mixed" else precision]
             if not settings.force:

@@ -229,3 +229,22 @@ def test_stats():
         from_aggregate(n=50, min_ms=0.0, max_ms=0.0, mean_ms=0.0, std_ms=0.0)
     with pytest.raises(ValueError, match="runs 0"):
         Protocol(runs=0)
+
+
+@pytest.mark.slow
+def test_a_map_output_is_compared_in_pytorch_layout(tmp_path, home):
+    """ESPNet-C returns a (N, classes, H, W) map; the TFLite file gives it channels last (NHWC).
+    Export and `run --compare` must transpose it back before comparing, not reshape it."""
+    torch.manual_seed(0)
+    model = randomise_bn(create_model("espnet_v1_c", num_classes=10, in_chans=1, resolution=32)).eval()
+    weights = tmp_path / "espnet_v1_c.pt"
+    save_weights(weights, model, {"model": "espnet_v1_c", "num_classes": 10, "in_chans": 1, "resolution": [32, 32]})
+    files = export(model, name="espnet_v1_c", out=tmp_path, weights_file=weights, weights_sha256=sha256_file(weights),
+                   settings=ExportSettings(formats=("tflite",), calib_samples=64, holdout=32))
+    for f in files:
+        m = f.artifact.manifest
+        assert m.outputs[0].layout == "NHWC" and m.outputs[0].shape == (1, 4, 4, 10)
+        assert f.parity.sqnr_db > (60 if m.precision == "fp32" else 20)
+        run = measure(f.artifact.path, device="local", protocol=FAST, compare=True, samples=8)
+        (rep,) = run.parity.values()
+        assert rep.n == 8 and rep.sqnr_db == pytest.approx(f.parity.sqnr_db, abs=6)

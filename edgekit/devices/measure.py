@@ -101,8 +101,11 @@ def _parity(model: ModelFile, result: RunResult, nchw: np.ndarray | None, weight
     if len(refs) != len(result.output_names):
         raise ValueError(f"PyTorch gives {len(refs)} outputs, the file {len(result.output_names)}")
     reports = {}
+    outputs = model.manifest.outputs
     for i, (name, ref) in enumerate(zip(result.output_names, refs)):
-        got = result.outputs[f"output_{i}"]
+        got = result.outputs[f"output_{i}"]  # (S, B, ...)
+        if i < len(outputs) and outputs[i].layout == "NHWC" and got.ndim == 5:  # a map, channels last
+            got = got.transpose(0, 1, 4, 2, 3)
         reports[name] = compare(ref, got.reshape(ref.shape))  # (S, B, ...) -> (S*B, ...)
     return reports, None
 

@@ -200,7 +200,6 @@ class DeviceTimer:
                 "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
 
 
-
 def _export_units(exporter: "UnitExporter", units: Sequence[Unit]) -> int:
     """Export ``units`` into the exporter's work directory (what a worker process of ``prepare`` runs)."""
     for unit in units:

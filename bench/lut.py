@@ -17,12 +17,14 @@ precision (TFLite fp32 / int8, 1 thread):
     .venv/bin/python bench/lut.py                                   # everything (long)
     .venv/bin/python bench/lut.py --precisions int8 --steps build   # the build time alone
 
-Writes bench/results/lut.json, lut.md and lut-check-<precision>.png; exported files go to
-bench/out/lut/ (gitignored).
+Writes bench/results/lut.json (steps run on separate occasions accumulate there, each with its
+command and date), lut.md and lut-check-<precision>.png; exported files go to bench/out/lut/
+(gitignored).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -169,15 +171,21 @@ def main(argv=None) -> int:
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         p.error(f"unknown steps {unknown}; choose from {STEPS}")
-    doc: dict[str, Any] = {"fingerprint": fingerprint(["bench/lut.py", *argv]), "resolution": args.resolution,
-                           "width": args.width, "precisions": {}}
+    out = Path(args.out)
+    run = fingerprint(["bench/lut.py", *argv])
+    doc: dict[str, Any] = {"fingerprint": run, "resolution": args.resolution, "width": args.width, "precisions": {}}
+    if out.is_file():  # steps run on separate occasions accumulate in one file, each with its own run record
+        doc = json.loads(out.read_text())
+        if (doc["resolution"], doc["width"]) != (args.resolution, args.width):
+            p.error(f"{out} holds {doc['resolution']} px, width {doc['width']}; pass another --out")
     for precision in args.precisions.split(","):
         r = doc["precisions"].setdefault(precision, {})
         for step in STEPS:
             if step in steps:
                 log(f"== {precision}: {step}")
                 r[step] = {"build": build, "check": check, "search": search}[step](args, precision)
-                write_json(Path(args.out), doc)
+                r[step]["run"] = {k: run[k] for k in ("date", "command", "loadavg_start")}
+                write_json(out, doc)
     Path(args.out).with_suffix(".md").write_text(markdown(doc))
     log(markdown(doc))
     return 0

@@ -377,7 +377,7 @@ def test_lut_check_reports_metrics_and_refuses_another_target(device_build, tmp_
         assert 0 <= part["within_5pct"] <= part["within_10pct"] <= 1 and part["mape"] >= 0
         assert -1 <= part["spearman"] <= 1 and -1 <= part["kendall"] <= 1
     assert report["plain"]["n"] == 5 and report["held_out"]["fitted"]["n"] == 3
-    assert [u.key for u in timer.log] == [f"network:check-3-{i}" for i in range(5)]
+    assert [u.key.rsplit(":", 1)[0] for u in timer.log] == [f"network:check-3-{i}" for i in range(5)]
     assert sample_checks(MICRO, 5, 3) == [tuple(n["choices"]) for n in report["networks"]]
     png = plot_check(report, tmp_path / "check.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -456,3 +456,14 @@ def test_cli_lut_build_prints_progress_with_eta_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # resumed: nothing left to measure
     assert not [ln for ln in capsys.readouterr().out.splitlines() if "ETA" in ln]
     assert len(load_lut(tmp_path / "lut.json").entries) == 104
+
+
+def test_two_networks_under_one_name_are_two_units(tmp_path):
+    """A second search writing the same --out must not be measured from the first one's file."""
+    a = NetworkUnit(MICRO.spec(MICRO.sample(1), name="searched"), 1, 10)
+    b = NetworkUnit(MICRO.spec(MICRO.sample(2), name="searched"), 1, 10)
+    assert a.spec.to_json() != b.spec.to_json() and a.key != b.key and a.key.startswith("network:searched:")
+    from edgekit.lut.device import UnitExporter
+    ex = UnitExporter(MICRO, work_dir=tmp_path)
+    assert ex.path(a) != ex.path(b)
+    assert NetworkUnit(MICRO.spec(MICRO.sample(1), name="searched"), 1, 10).key == a.key

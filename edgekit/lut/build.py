@@ -16,6 +16,7 @@ build that died resumes where it stopped and never re-measures a stored entry.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import statistics
@@ -57,7 +58,10 @@ class NetworkUnit:
 
     @property
     def key(self) -> str:
-        return f"network:{self.spec.name}"
+        """The name and a digest of the whole spec: two different networks under one name (two
+        searches writing the same --out) never share an exported file."""
+        digest = hashlib.sha256(self.spec.to_json().encode()).hexdigest()[:12]
+        return f"network:{self.spec.name}:{digest}"
 
     def module(self) -> nn.Module:
         return from_arch(self.spec, num_classes=self.num_classes, in_chans=self.in_chans).eval()

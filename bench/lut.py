@@ -48,6 +48,11 @@ def space_for(args):
     return FBNetV1Space(resolution=args.resolution, width=args.width, in_chans=1, num_classes=10)
 
 
+def work_for(args, precision: str) -> Path:
+    """Where one precision's LUT and exported files live (bench/out/lut/...)."""
+    return OUT / "lut" / f"{precision}-r{args.resolution}-w{args.width:g}"
+
+
 def timer_for(args, space, precision: str, work: Path, expect=None):
     from edgekit.devices.stats import Protocol
     from edgekit.devices.store import ResultStore
@@ -60,7 +65,7 @@ def timer_for(args, space, precision: str, work: Path, expect=None):
 def build(args, precision: str) -> dict[str, Any]:
     from edgekit.lut import build_on_device
     space = space_for(args)
-    work = OUT / "lut" / f"{precision}-r{args.resolution}-w{args.width:g}"
+    work = work_for(args, precision)
     if work.exists():
         shutil.rmtree(work)  # a build from nothing: no file re-used
     work.mkdir(parents=True)
@@ -78,7 +83,7 @@ def build(args, precision: str) -> dict[str, Any]:
 def check(args, precision: str) -> dict[str, Any]:
     from edgekit.lut import check_lut, load_lut, plot_check, save_lut, with_overhead
     space = space_for(args)
-    work = OUT / "lut" / f"{precision}-r{args.resolution}-w{args.width:g}"
+    work = work_for(args, precision)
     lut = load_lut(work / "lut.json")
     timer = timer_for(args, space, precision, work / "files", expect=lut.device)
     t0 = time.perf_counter()
@@ -99,11 +104,11 @@ def check(args, precision: str) -> dict[str, Any]:
 
 def search(args, precision: str) -> dict[str, Any]:
     from edgekit.lut import NetworkUnit, load_lut
-    from edgekit.lut.predict import plain_target, predict
+    from edgekit.lut.predict import plain_target
     from edgekit.nas import DnasConfig, fastest_choices, slowest_point_ms
     from edgekit.nas import search as dnas
     space = space_for(args)
-    work = OUT / "lut" / f"{precision}-r{args.resolution}-w{args.width:g}"
+    work = work_for(args, precision)
     lut = load_lut(work / "lut.json")
     _, fast = fastest_choices(space, lut)
     slow = slowest_point_ms(space, lut)
@@ -120,7 +125,7 @@ def search(args, precision: str) -> dict[str, Any]:
     (measured,) = timer([NetworkUnit(result.spec, space.in_chans, space.num_classes)])
     error = (measured - target) / target
     return {"target_ms": target, "target_plain_ms": plain, "target_note": note, "choices": list(result.choices),
-            "predicted": predict(result.spec, lut).to_dict(), "measured_ms": measured, "error": error,
+            "predicted": result.prediction.to_dict(), "measured_ms": measured, "error": error,
             "met": abs(error) <= SEARCH_TARGET, "search_seconds": round(search_s, 1), "epochs": args.epochs,
             "limit": args.limit, "notes": list(result.notes)}
 
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
                 r[step] = {"build": build, "check": check, "search": search}[step](args, precision)
                 r[step]["run"] = {k: run[k] for k in ("date", "command", "loadavg_start")}
                 write_json(out, doc)
-    Path(args.out).with_suffix(".md").write_text(markdown(doc))
+    out.with_suffix(".md").write_text(markdown(doc))
     log(markdown(doc))
     return 0
 

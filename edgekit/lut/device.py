@@ -86,20 +86,18 @@ class DeviceTimer:
         from ..devices import open_device
         from ..devices.stats import Protocol
 
-        self.space, self.format, self.precision = space, format, precision
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers {workers!r} must be an int >= 1")
+        self.exporter = UnitExporter(space, work_dir=work_dir, format=format, precision=precision,
+                                     calib_samples=calib_samples, calib_method=calib_method, io_dtype=io_dtype,
+                                     run_samples=run_samples, reference=reference)
+        self.workers = workers
         self.protocol = protocol if protocol is not None else Protocol()
-        self.work_dir = Path(work_dir)
         self.device = open_device(device, **dict(device_options or {})) if isinstance(device, str) else device
         if store is None:
             from ..devices.store import ResultStore
             store = ResultStore()
         self.store = store or None
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers {workers!r} must be an int >= 1")
-        self.exporter = UnitExporter(space, work_dir=self.work_dir, format=format, precision=precision,
-                                     calib_samples=calib_samples, calib_method=calib_method, io_dtype=io_dtype,
-                                     run_samples=run_samples, reference=reference)
-        self.workers = workers
         self.fingerprint: dict[str, Any] | None = None if expect is None else dict(expect)
         self.log: list[UnitLog] = []
         self._probed: dict[str, float] = {}
@@ -108,6 +106,22 @@ class DeviceTimer:
     @property
     def threads(self) -> int:
         return self.protocol.threads
+
+    @property
+    def space(self) -> FBNetV1Space:
+        return self.exporter.space
+
+    @property
+    def format(self) -> str:
+        return self.exporter.format
+
+    @property
+    def precision(self) -> str:
+        return self.exporter.precision
+
+    @property
+    def work_dir(self) -> Path:
+        return self.exporter.work_dir
 
     # ---- the measuring function ----------------------------------------------------------------
     def __call__(self, units: Sequence[Unit]) -> list[float]:
@@ -200,6 +214,12 @@ class DeviceTimer:
                 "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
 
 
+def _complete(path: Path) -> bool:
+    """An exported file with its manifest beside it (written last, so the file is whole)."""
+    from ..exporters.artifact import manifest_path
+    return path.is_file() and manifest_path(path).is_file()
+
+
 def _export_units(exporter: "UnitExporter", units: Sequence[Unit]) -> int:
     """Export ``units`` into the exporter's work directory (what a worker process of ``prepare`` runs)."""
     for unit in units:
@@ -239,9 +259,7 @@ class UnitExporter:
         return self.work_dir / f"lut-{kind}-{digest}-{self.format}-{self.precision}{EXTENSIONS[self.format]}"
 
     def exported(self, unit: Unit) -> bool:
-        from ..exporters.artifact import manifest_path
-        path = self.path(unit)
-        return path.is_file() and manifest_path(path).is_file()
+        return _complete(self.path(unit))
 
     # ---- export --------------------------------------------------------------------------------
     def _recipe(self) -> dict[str, Any]:
@@ -257,7 +275,7 @@ class UnitExporter:
         from ..exporters.artifact import write_artifact
 
         path = self.path(unit)
-        if self.exported(unit):
+        if _complete(path):
             return path, 0.0, True
         t0 = time.perf_counter()
         module, example, calib, pre, arch, classes = self._module(unit)

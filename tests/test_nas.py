@@ -12,7 +12,7 @@ import torch
 from edgekit.cli import main
 from edgekit.lut import CANDIDATES, FBNetV1Space, Lut, TorchTimer, build_lut, get_space, local_fingerprint, predict, save_lut
 from edgekit.models import ArchSpec
-from edgekit.nas import DnasConfig, SuperNet, fastest_choices, search, search_arrays
+from edgekit.nas import DnasConfig, SuperNet, fastest_choices, most_likely_within, search, search_arrays
 from edgekit.nas.dnas import load_arrays
 
 torch.set_num_threads(1)
@@ -43,6 +43,43 @@ def test_temperature_schedule_and_config_checks():
         DnasConfig(target_ms=-1.0)
     with pytest.raises(ValueError, match="split 1.2"):
         DnasConfig(split=1.2)
+    with pytest.raises(ValueError, match="derive 'best'"):
+        DnasConfig(derive="best")
+    with pytest.raises(ValueError, match="band 1.5"):
+        DnasConfig(band=1.5)
+
+
+def test_most_likely_within_matches_brute_force(tiny_lut):
+    """The budget derivation is exact: over all 9^4 points of the tiny space, the most likely one
+    whose plain sum lies in the window."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    points = list(itertools.product(CANDIDATES, repeat=len(TINY.layers)))
+    ms = np.array([predict(TINY.spec(p), tiny_lut).plain_ms for p in points])
+    idx = np.array([[CANDIDATES.index(c) for c in p] for p in points])
+    _, fast_ms = fastest_choices(TINY, tiny_lut)
+    slow_ms = ms.max()
+    for trial in range(4):
+        logp = np.log(rng.dirichlet(np.ones(len(CANDIDATES)) * 0.5, size=len(TINY.layers)))
+        score = logp[np.arange(len(TINY.layers)), idx].sum(1)
+        high = fast_ms + (slow_ms - fast_ms) * (0.2 + 0.2 * trial)
+        low = high * 0.95
+        got = most_likely_within(TINY, tiny_lut, logp, low, high)
+        inside = (ms >= low) & (ms <= high)
+        assert got is not None and inside.any()
+        got_ms = predict(TINY.spec(got), tiny_lut).plain_ms
+        assert low <= got_ms <= high
+        got_score = logp[np.arange(len(TINY.layers)), [CANDIDATES.index(c) for c in got]].sum()
+        assert got_score <= score[inside].max() + 1e-9
+        # exact up to the grid (4000 steps of the budget): no point clear of the window's edges by a
+        # few steps is more likely
+        margin = 2e-3 * high
+        clear = (ms >= low + margin) & (ms <= high - margin)
+        assert got_score >= score[clear].max() - 1e-9, (got_score, score[clear].max())
+    assert most_likely_within(TINY, tiny_lut, logp, 0.0, fast_ms * 0.5) is None
+    with pytest.raises(ValueError, match="log_probs has shape"):
+        most_likely_within(TINY, tiny_lut, logp[:2], 0.0, high)
 
 
 def test_supernet_latency_is_the_lut_expectation_and_differentiable(tiny_lut):
@@ -84,26 +121,33 @@ def test_search_refuses_a_lut_of_another_space(tiny_lut):
         search(other, tiny_lut, config=DnasConfig())
 
 
-def _search(lut, data, **kw) -> float:
+def _search(lut, data, **kw):
     x, y = data
     cfg = DnasConfig(epochs=4, warmup_epochs=1, batch_size=32, limit=None, theta_lr=0.05, seed=0, **kw)
     result = search_arrays(TINY, lut, x, y, config=cfg)
     assert len(result.history) == 4 and all(math.isfinite(h["w_loss"]) for h in result.history)
-    return result.prediction.plain_ms
+    return result
 
 
 @pytest.mark.slow
 def test_more_latency_pressure_gives_a_faster_architecture(tiny_lut, tiny_data):
-    """A lower target (and, without a target, a larger beta) must give an architecture the LUT
-    predicts faster. (alpha multiplies the whole product-form loss, so it is not the lever; the
-    latency measured on a device comes once device runners feed the LUT.)"""
+    """Without a target a larger beta must give an architecture the LUT predicts faster (the argmax:
+    the search's own response); a target must give one inside [0.95 T, T], for a low and a middle
+    target. (alpha multiplies the whole product-form loss, so it is not the lever.)"""
     _, fast_ms = fastest_choices(TINY, tiny_lut)
-    free = _search(tiny_lut, tiny_data)
-    pressed = _search(tiny_lut, tiny_data, beta=20.0)
-    low = _search(tiny_lut, tiny_data, target_ms=fast_ms * 1.05)
+    free = _search(tiny_lut, tiny_data).prediction.plain_ms
+    pressed = _search(tiny_lut, tiny_data, beta=20.0).prediction.plain_ms
     assert pressed < free, (pressed, free)
-    assert low < free, (low, free)
-    assert low < (free + fast_ms) / 2, (low, free, fast_ms)  # most of the way to the fastest point
+    for target in (fast_ms * 1.05, (fast_ms + free) / 2):
+        result = _search(tiny_lut, tiny_data, target_ms=target)
+        # the tiny space (4 layers) may have no point within 5 % below a target; then the most likely below it
+        reachable = most_likely_within(TINY, tiny_lut, np.zeros((len(TINY.layers), 9)), 0.95 * target, target)
+        low = 0.95 * target if reachable else fast_ms
+        assert low <= result.prediction.plain_ms <= target, (result.prediction.plain_ms, target, free)
+        assert result.argmax and result.argmax_ms == pytest.approx(
+            predict(TINY.spec(result.argmax), tiny_lut).plain_ms)
+    argmax_only = _search(tiny_lut, tiny_data, target_ms=fast_ms * 1.05, derive="argmax")
+    assert argmax_only.choices == argmax_only.argmax
 
 
 @pytest.mark.slow
@@ -121,6 +165,7 @@ def test_nas_search_cli_writes_a_spec_that_exports_and_runs(tmp_path, tiny_lut):
     spec = ArchSpec.from_json(out.read_text())
     choices = TINY.spec_to_choices(spec)
     assert len(choices) == len(TINY.layers)
+    assert predict(spec, tiny_lut).plain_ms <= float(f"{fast_ms * 1.3:.6f}")
 
     model = build_model(arch=spec, num_classes=10, in_chans=1, resolution=TINY.resolution)
     files = export(model, name="searched", out=tmp_path,

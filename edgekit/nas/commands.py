@@ -25,7 +25,7 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
         raise ValueError(f"{args.lut} does not name the device it was measured on; --measure cannot run the spec")
     config = DnasConfig(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs - 1),
                         batch_size=args.batch_size, limit=args.limit, target_ms=target, seed=args.seed,
-                        theta_lr=args.theta_lr)
+                        theta_lr=args.theta_lr, derive=args.derive, band=args.band)
 
     def progress(rec: dict) -> None:
         if not args.json:
@@ -77,7 +77,7 @@ def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
         options = {"profile": args.profile} if args.profile else {}
         timer = DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
                             format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
-                            expect=lut.device, device_options=options)
+                            expect=lut.device, device_options=options, passes=args.passes)
     (ms,) = timer([unit])
     updated = add_measured_network(lut, space, result.choices, ms)
     save_lut(updated, args.lut)
@@ -105,6 +105,10 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=4000, help="training images (80 %% weights, 20 %% architecture)")
     p.add_argument("--theta-lr", type=float, default=0.01)
+    p.add_argument("--derive", choices=("budget", "argmax"), default="budget",
+                   help="with --target-ms: budget (default) = the most likely architecture whose LUT prediction lies "
+                        "in [target x (1 - band), target]; argmax = the most likely candidate of every layer")
+    p.add_argument("--band", type=float, default=0.05, help="share below the target the budget derivation may use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", help="refuse the LUT unless it is this format")
     p.add_argument("--precision", help="refuse the LUT unless it is this precision")
@@ -113,5 +117,7 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
                    help="export the searched spec, run it on the LUT's device, compare with the prediction and add "
                         "the measurement to the LUT (its overhead model then maps the next --target-ms)")
     p.add_argument("--profile", help="device profile (JSON/TOML) for the LUT's ssh:// or adb:// device (--measure)")
+    p.add_argument("--passes", type=int, default=3, help="--measure: runs of the spec, its figure the smallest median "
+                                                         "(as `lut build` and `lut check` measure)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nas_search)

@@ -6,7 +6,12 @@ LUT(b_li)`` is differentiable through ``m``. The architecture loss is the paper'
 ``CE * alpha * log(LAT)^beta``; the weights ``w`` and the architecture parameters ``theta`` are
 updated alternately each epoch, ``w`` on 80 % of the training images with SGD, ``theta`` on the
 other 20 % with Adam, and ``tau`` starts at 5.0 and is multiplied by ``exp(-0.045)`` each epoch.
-The final architecture takes the most likely candidate of every layer.
+Without a target the final architecture takes the most likely candidate of every layer. With a
+target ``T`` it is the most likely point (largest product of the layers' probabilities) whose LUT
+plain sum lies in ``[T (1 - band), T]``, found exactly by dynamic programming over the layers (the
+layers' latencies add up independently): the search ranks the candidates, the budget is spent in
+full, and nothing slower than ``T`` comes out. A plain argmax is sensitive to how far the last few
+Adam steps moved ``beta``, and lands anywhere from the fastest point to far above ``T``.
 
 Two points of the paper's loss matter in practice:
 
@@ -44,8 +49,8 @@ from ..lut.predict import Prediction, lookup, predict
 from ..lut.space import CANDIDATES, FBNetV1Space
 from ..models.arch import ArchSpec, BuildContext, build_block
 
-__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "save_spec", "search", "search_arrays",
-           "slowest_point_ms"]
+__all__ = ["DnasConfig", "SearchResult", "SuperNet", "fastest_choices", "most_likely_within", "save_spec", "search",
+           "search_arrays", "slowest_point_ms"]
 
 # mean / std the ArchSpec networks of ``edgekit train --arch`` use, so a searched spec trains alike
 _MEAN, _STD = 0.449, 0.226
@@ -74,6 +79,8 @@ class DnasConfig:
     beta_gain: float = 0.5  # how fast beta follows the target
     beta_range: tuple[float, float] = (0.05, 200.0)
     latency_unit_ms: float | None = None  # None = LAT_min / e
+    derive: str = "budget"  # with a target: "budget" (most likely point in [T (1 - band), T]) or "argmax"
+    band: float = 0.05
     seed: int = 0
 
     def __post_init__(self):
@@ -100,6 +107,11 @@ class DnasConfig:
             raise ValueError(f"beta {self.beta} must lie in beta_range {self.beta_range} (0 < low <= beta <= high)")
         if self.latency_unit_ms is not None and not self.latency_unit_ms > 0:
             raise ValueError(f"latency_unit_ms {self.latency_unit_ms} must be > 0")
+        if self.derive not in ("budget", "argmax"):
+            raise ValueError(f"derive {self.derive!r} must be 'budget' or 'argmax'")
+        if not 0 < self.band < 1:
+            raise ValueError(f"band {self.band} must be in (0, 1): the share below the target the derived "
+                             f"architecture may use")
         if self.limit is not None and self.limit < 5 * self.batch_size:
             raise ValueError(f"limit {self.limit} must be >= 5 x batch_size ({5 * self.batch_size}) so both the "
                              f"80 % and the 20 % split hold a batch")
@@ -181,13 +193,15 @@ class SearchResult:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    argmax: tuple[str, ...] = ()  # the most likely candidate of each layer, before the budget derivation
+    argmax_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "choices": list(self.choices), "predicted": self.prediction.to_dict(),
                 "target_ms": self.target_ms, "fastest_ms": self.fastest_ms, "slowest_ms": self.slowest_ms,
                 "history": list(self.history), "probabilities": [list(p) for p in self.probabilities],
                 "candidates": list(CANDIDATES), "notes": list(self.notes), "seconds": self.seconds,
-                "config": self.config}
+                "config": self.config, "argmax": list(self.argmax), "argmax_ms": self.argmax_ms}
 
 
 def _check_lut_space(space: FBNetV1Space, lut: Lut) -> None:
@@ -291,13 +305,85 @@ def search_arrays(space: FBNetV1Space, lut: Lut, x: np.ndarray, y: np.ndarray, *
         history.append(record)
         if progress is not None:
             progress(record)
-    choices = net.choices()
+    argmax = net.choices()
+    choices, derive_note = argmax, None
+    if config.target_ms is not None and config.derive == "budget":
+        choices, derive_note = _derive_budget(space, lut, net.theta.detach().double().log_softmax(-1).numpy(),
+                                              config.target_ms, config.band, argmax)
     spec = space.spec(choices)
     prediction = predict(spec, lut)
-    notes = _notes(prediction, config, slowest_point_ms(space, lut))
+    notes = _notes(prediction, config, slowest_point_ms(space, lut)) + ((derive_note,) if derive_note else ())
     return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, slowest_point_ms(space, lut),
                         tuple(history), tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()),
-                        notes, time.perf_counter() - start, _config_dict(config))
+                        notes, time.perf_counter() - start, _config_dict(config), argmax, _plain(space, argmax, lut))
+
+
+def most_likely_within(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, low_ms: float,
+                       high_ms: float) -> tuple[str, ...] | None:
+    """The point of the space with the largest ``sum_l log_probs[l, choice_l]`` whose LUT plain sum
+    lies in ``[low_ms, high_ms]``; None when no point does.
+
+    A multiple-choice knapsack solved by dynamic programming over the layers on a grid of
+    ``(high - fixed) / 4000`` ms. The grid rounds each layer's latency; the window is shrunk by the
+    worst accumulated rounding, so the returned point is always inside it."""
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    if log_probs.shape != (len(space.layers), len(CANDIDATES)):
+        raise ValueError(f"log_probs has shape {log_probs.shape}, expected ({len(space.layers)}, {len(CANDIDATES)})")
+    fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
+    lat = np.array([lookup(space.layer_signatures(layer), lut) for layer in space.layers], dtype=np.float64)
+    budget = high_ms - fixed
+    if budget <= 0 or high_ms < low_ms:
+        return None
+    step = budget / 4000
+    ticks = np.rint(lat / step).astype(np.int64)  # (L, 9)
+    slack = len(space.layers) * 0.5  # worst rounding of the sum, in ticks
+    hi = int(math.floor(budget / step - slack))
+    lo = max(0, int(math.ceil((low_ms - fixed) / step + slack)))
+    if hi < lo:
+        return None
+    cost = np.full(hi + 1, np.inf)
+    cost[0] = 0.0
+    pick = np.zeros((len(space.layers), hi + 1), dtype=np.int8)
+    for l in range(len(space.layers)):
+        best = np.full(hi + 1, np.inf)
+        for i in range(len(CANDIDATES)):
+            k = ticks[l, i]
+            if k > hi or not np.isfinite(log_probs[l, i]):
+                continue
+            moved = np.full(hi + 1, np.inf)
+            moved[k:] = cost[:hi + 1 - k] - log_probs[l, i]
+            better = moved < best
+            best[better] = moved[better]
+            pick[l, better] = i
+        cost = best
+    window = cost[lo:hi + 1]
+    if not np.isfinite(window).any():
+        return None
+    at = lo + int(np.argmin(window))
+    out = []
+    for l in reversed(range(len(space.layers))):
+        i = int(pick[l, at])
+        out.append(CANDIDATES[i])
+        at -= ticks[l, i]
+    return tuple(reversed(out))
+
+
+def _derive_budget(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, target_ms: float, band: float,
+                   argmax: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    argmax_ms = _plain(space, argmax, lut)
+    low = target_ms * (1 - band)
+    if low <= argmax_ms <= target_ms:
+        return argmax, None
+    if target_ms >= slowest_point_ms(space, lut):
+        return argmax, None
+    choices = most_likely_within(space, lut, log_probs, low, target_ms)
+    window = f"[{low:.4g}, {target_ms:.4g}] ms"
+    if choices is None:  # the window falls between the space's points: the most likely one below T
+        choices, window = most_likely_within(space, lut, log_probs, 0.0, target_ms), f"<= {target_ms:.4g} ms"
+    if choices is None:  # cannot happen above the fastest point, which the search checked first
+        raise ValueError(f"no point of the space predicts {window}")
+    return choices, (f"the most likely candidates (argmax) predict {argmax_ms:.4g} ms; derived the most likely "
+                     f"architecture within {window} instead (derive='argmax' keeps the argmax)")
 
 
 def _plain(space: FBNetV1Space, choices: Sequence[str], lut: Lut) -> float:

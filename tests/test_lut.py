@@ -418,6 +418,17 @@ def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tm
     again.prepare(units)  # everything is there: nothing exported, no worker started
     again(units[:1])
     assert again.log[0].reused
+
+    swept = _device_timer(tmp_path / "two", store, passes=3)
+    ms = swept(units[:2])
+    assert [(u.key, u.repeat) for u in swept.log] == [(units[0].key, 0), (units[1].key, 0), (units[1].key, 1),
+                                                     (units[0].key, 1), (units[0].key, 2), (units[1].key, 2)]
+    for unit, figure in zip(units[:2], ms):  # the smallest of the unit's three medians, all three stored
+        medians = [u.median_ms for u in swept.log if u.key == unit.key]
+        assert figure == min(medians) and all(u.stored_id is not None for u in swept.log)
+    assert swept.cost()["units"] == 2 and swept.cost()["passes"] == 3
+    with pytest.raises(ValueError, match="passes 0 must be an int >= 1"):
+        _device_timer(tmp_path / "x", store, passes=0)
     with pytest.raises(ValueError, match="workers 0 must be an int >= 1"):
         _device_timer(tmp_path / "x", store, workers=0)
 
@@ -438,7 +449,9 @@ def test_searched_spec_runs_on_the_luts_device_and_is_stored(device_build, tmp_p
     after = load_lut(lut_path)
     assert len(after.networks) == len(before.networks) + 1 and after.entries == before.entries
     rows = ResultStore().query(device="local", format="tflite", precision="int8")
-    assert len(rows) == 1 and rows[0]["median_ms"] == pytest.approx(m["measured_ms"])
+    # three passes (the default), all stored; the figure is the smallest median
+    assert len(rows) == 3 and min(r["median_ms"] for r in rows) == pytest.approx(m["measured_ms"])
+    assert len({r["artifact_path"] for r in rows}) == 1
     assert open_model(rows[0]["artifact_path"]).manifest.arch["name"] == ArchSpec.from_json(
         (tmp_path / "spec.json").read_text()).name
 

@@ -80,12 +80,15 @@ def sample_checks(space: FBNetV1Space, samples: int, seed: int = 0) -> list[tupl
 
 
 def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int, int], None] | None = None, chunk: int = 10) -> dict[str, Any]:
     """Measure ``samples`` sampled networks with ``measure`` and score the LUT's predictions.
 
     ``fit`` (default ``max(2, samples // 3)``): how many of the first networks fit the overhead
     model for the held-out part; it needs ``samples - fit >= 2``, else the held-out part is omitted
-    with the reason."""
+    with the reason. The networks go to ``measure`` ``chunk`` at a time (a timer with several passes
+    sweeps one chunk repeatedly)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk {chunk!r} must be an int >= 1")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples {samples!r} must be an int >= 2")
     fit = max(2, samples // 3) if fit is None else fit
@@ -99,13 +102,14 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
     if prepare is not None:  # a device timer exports every network first, on all its workers
         prepare(units)
     measured: list[float] = []
-    for i, unit in enumerate(units):
-        ms = list(measure([unit]))
-        if len(ms) != 1:
-            raise ValueError(f"the measuring function returned {len(ms)} latencies for 1 network")
-        measured.append(float(ms[0]))
+    for start in range(0, len(units), chunk):
+        part = units[start:start + chunk]
+        ms = list(measure(part))
+        if len(ms) != len(part):
+            raise ValueError(f"the measuring function returned {len(ms)} latencies for {len(part)} networks")
+        measured.extend(float(v) for v in ms)
         if progress is not None:
-            progress(i + 1, len(units))
+            progress(len(measured), len(units))
     preds = [predict(u.spec, lut) for u in units]
     plain = [p.plain_ms for p in preds]
     report: dict[str, Any] = {

@@ -113,7 +113,7 @@ def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=Non
     return DeviceTimer(space, work_dir=work_dir, device=args.device, format=args.format, precision=args.precision,
                        protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
                        run_samples=args.run_samples, expect=expect, device_options=options,
-                       workers=args.export_workers or min(2, usable_cpus()))
+                       workers=args.export_workers or min(2, usable_cpus()), passes=args.passes)
 
 
 def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
@@ -240,6 +240,9 @@ def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | 
     p.add_argument("--work-dir", help="where exported files and manifests go (default: next to the LUT)")
     p.add_argument("--export-workers", type=int, help="processes exporting units ahead of their measurement "
                                                       "(default: 2 when two CPUs are usable, else 1)")
+    p.add_argument("--passes", type=int, default=3,
+                   help="sweeps over each chunk of units; a unit's figure is its smallest median (default 3: a "
+                        "slow spell on the device spoils one sweep, not the figure)")
 
 
 def add_lut_commands(sub: argparse._SubParsersAction) -> None:

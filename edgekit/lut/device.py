@@ -10,7 +10,9 @@
 2. writes it as an artifact with its manifest into ``work_dir`` (kept: a resumed build re-uses the
    file of a unit whose measurement was cut short, after its sha256 is verified),
 3. runs it on the device with the measurement protocol (``Device.run``), appends the complete
-   ``RunResult`` to the results store and returns its median in ms.
+   ``RunResult`` to the results store and returns its median in ms; with ``passes`` > 1 the units
+   of one call are swept that many times (every other sweep backwards) and each unit's figure is
+   the smallest of its medians, every one of them stored.
 
 int8 calibration. A whole network is calibrated on ``calib_samples`` Fashion-MNIST training images,
 preprocessed as ``edgekit export --arch`` does for an ArchSpec (``edgekit.train.build_model``'s
@@ -66,6 +68,7 @@ class UnitLog:
     cv: float
     stored_id: int | None
     reused: bool
+    repeat: int = 0  # 0: the unit's first measurement in a call; 1, 2, ...: its later passes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,12 +85,15 @@ class DeviceTimer:
                  precision: str = "int8", protocol: Any = None, store: Any = None, calib_samples: int = 64,
                  calib_method: str = "minmax", io_dtype: str = "int8", run_samples: int = 4,
                  reference: Sequence[str] | None = None, expect: Mapping[str, Any] | None = None,
-                 device_options: Mapping[str, Any] | None = None, workers: int = 1):
+                 device_options: Mapping[str, Any] | None = None, workers: int = 1, passes: int = 1):
         from ..devices import open_device
         from ..devices.stats import Protocol
 
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers {workers!r} must be an int >= 1")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes {passes!r} must be an int >= 1")
+        self.passes = passes
         self.exporter = UnitExporter(space, work_dir=work_dir, format=format, precision=precision,
                                      calib_samples=calib_samples, calib_method=calib_method, io_dtype=io_dtype,
                                      run_samples=run_samples, reference=reference)
@@ -125,14 +131,18 @@ class DeviceTimer:
 
     # ---- the measuring function ----------------------------------------------------------------
     def __call__(self, units: Sequence[Unit]) -> list[float]:
+        """Each unit's latency in ms: the smallest of its medians over ``passes`` sweeps of ``units``,
+        every other sweep in reverse order. A slow spell on the device (another process, a clock
+        change) lasts seconds and hits neighbouring units of one sweep; the later sweeps reach
+        each unit at another time, so one disturbed median does not become the unit's figure."""
         self.prepare([u for u in units if u.key not in self._probed])
-        out = []
-        for unit in units:
-            if unit.key in self._probed:
-                out.append(self._probed.pop(unit.key))
-            else:
-                out.append(self._measure(unit))
-        return out
+        runs: list[list[float]] = [[self._probed.pop(u.key)] if u.key in self._probed else [] for u in units]
+        for sweep in range(self.passes):
+            order = range(len(units)) if sweep % 2 == 0 else reversed(range(len(units)))
+            for i in order:
+                if len(runs[i]) <= sweep:
+                    runs[i].append(self._measure(units[i], repeat=len(runs[i])))
+        return [min(r) for r in runs]
 
     def probe(self, unit: Unit) -> dict[str, Any]:
         """Measure ``unit`` now (the next call asking for it gets this result, not a second run) and
@@ -168,7 +178,7 @@ class DeviceTimer:
         share = (time.perf_counter() - t0) / len(missing)
         self._exported_ahead.update({u.key: share for u in missing})
 
-    def _measure(self, unit: Unit) -> float:
+    def _measure(self, unit: Unit, repeat: int = 0) -> float:
         from ..devices.base import open_model
 
         path, export_s, reused = self.exporter.artifact(unit)
@@ -183,7 +193,7 @@ class DeviceTimer:
         stored = self.store.record(result, artifact_path=str(path)) if self.store is not None else None
         ms = result.stats.median_ms if result.stats.median_ms is not None else result.stats.mean_ms
         self.log.append(UnitLog(unit.key, str(path), export_s, run_s, float(ms), float(result.stats.cv), stored,
-                                reused))
+                                reused, repeat))
         return float(ms)
 
     def _check_fingerprint(self, fp: dict[str, Any]) -> None:
@@ -207,11 +217,13 @@ class DeviceTimer:
 
     # ---- summaries -----------------------------------------------------------------------------
     def cost(self) -> dict[str, Any]:
-        """Mean seconds per unit spent exporting (fresh exports only) and on the device."""
-        fresh = [u.export_s for u in self.log if not u.reused]
-        return {"units": len(self.log), "exported": len(fresh),
+        """Mean seconds per unit spent exporting (fresh exports only) and on the device (all passes)."""
+        first = [u for u in self.log if u.repeat == 0]
+        fresh = [u.export_s for u in first if not u.reused]
+        per_unit = len(self.log) / len(first) if first else 0
+        return {"units": len(first), "exported": len(fresh), "passes": self.passes,
                 "export_s_mean": float(np.mean(fresh)) if fresh else None,
-                "run_s_mean": float(np.mean([u.run_s for u in self.log])) if self.log else None}
+                "run_s_mean": float(np.mean([u.run_s for u in self.log]) * per_unit) if self.log else None}
 
 
 def _complete(path: Path) -> bool:

@@ -59,7 +59,7 @@ def timer_for(args, space, precision: str, work: Path, expect=None):
     from edgekit.lut import DeviceTimer
     return DeviceTimer(space, work_dir=work, device="local", format="tflite", precision=precision,
                        protocol=Protocol(threads=1), store=ResultStore(OUT / "lut" / "results.db"), expect=expect,
-                       workers=args.workers)
+                       workers=args.workers, passes=args.passes)
 
 
 def build(args, precision: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def build(args, precision: str) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     return {"lut": str(out.relative_to(OUT.parent.parent)), "entries": len(lut.entries), "seconds": round(seconds, 1),
             "target_seconds": BUILD_TARGET_S, "met": seconds <= BUILD_TARGET_S, "cost": timer.cost(),
-            "export_workers": args.workers}
+            "export_workers": args.workers, "passes": args.passes}
 
 
 def check(args, precision: str) -> dict[str, Any]:
@@ -90,6 +90,7 @@ def check(args, precision: str) -> dict[str, Any]:
     report = check_lut(lut, timer, samples=args.samples, seed=args.seed, fit=args.fit,
                        progress=lambda d, t: log(f"  {precision}: network {d}/{t}"))
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["passes"] = args.passes
     png = RESULTS / f"lut-check-{precision}.png"
     plot_check(report, png)
     report["plot"] = str(png.relative_to(RESULTS.parent.parent))
@@ -127,7 +128,8 @@ def search(args, precision: str) -> dict[str, Any]:
     return {"target_ms": target, "target_plain_ms": plain, "target_note": note, "choices": list(result.choices),
             "predicted": result.prediction.to_dict(), "measured_ms": measured, "error": error,
             "met": abs(error) <= SEARCH_TARGET, "search_seconds": round(search_s, 1), "epochs": args.epochs,
-            "limit": args.limit, "notes": list(result.notes)}
+            "limit": args.limit, "notes": list(result.notes), "derive": config.derive,
+            "argmax": list(result.argmax), "argmax_plain_ms": result.argmax_ms}
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -153,7 +155,12 @@ def markdown(doc: dict[str, Any]) -> str:
         if s:
             lines.append(f"- {precision} search: target {s['target_ms']:.4f} ms, searched spec measured "
                          f"{s['measured_ms']:.4f} ms ({100 * s['error']:+.1f} %; target +-10 %: "
-                         f"{'met' if s['met'] else 'missed'}); {s['epochs']} epochs on {s['limit']} images")
+                         f"{'met' if s['met'] else 'missed'}); predicted {s['predicted']['plain_ms']:.4f} ms plain"
+                         + ("" if s["predicted"].get("fitted_ms") is None else
+                            f", {s['predicted']['fitted_ms']:.4f} ms fitted")
+                         + ("" if s.get("argmax_plain_ms") is None else
+                            f"; derived by {s['derive']} (argmax alone: {s['argmax_plain_ms']:.4f} ms plain)")
+                         + f"; {s['epochs']} epochs on {s['limit']} images")
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2, help="export processes")
+    p.add_argument("--passes", type=int, default=3, help="sweeps per chunk; each unit's smallest median counts")
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--fit", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,9 @@
 # ONNX and TFLite in fp32 and full int8 (calibrated on real images), check each file against
 # PyTorch, report each file's top-1 next to PyTorch's on the 10,000 test images, then run all four
 # on the local device with the PyTorch reference on the same images: one table of latency and parity.
+# Last, latency prediction on the same device, format and precision: an FBNet v1 latency lookup table
+# at the demo's input (1 x 32 x 32, 10 classes) measured block by block as TFLite int8, then checked
+# against whole sampled networks of that space, exported and run the same way (predicted vs measured).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-demo-out}
@@ -16,3 +19,6 @@ for f in "${FILES[@]}"; do
   "$BIN/edgekit" validate "$f"
 done
 "$BIN/edgekit" run "${FILES[@]}" --device local --threads 1 --compare --samples 64
+LUT_SPACE=(--resolution 32 --width 0.25 --in-chans 1 --num-classes 10)
+"$BIN/edgekit" lut build "${LUT_SPACE[@]}" --format tflite --precision int8 --threads 1 --out "$OUT/lut.json"
+"$BIN/edgekit" lut check --lut "$OUT/lut.json" --samples "${LUT_SAMPLES:-20}" --fit 6 --plot "$OUT/lut-check.png"

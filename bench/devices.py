@@ -8,6 +8,7 @@ repetition, the CV of those medians (target <= 2 %) and the SSH median against t
 
     .venv/bin/python bench/devices.py            # every family (about 10-15 min on 2 cores)
     .venv/bin/python bench/devices.py --quick    # two families
+    .venv/bin/python bench/devices.py --families "ESPNet v1" --out bench/results/devices-espnet-v1
 """
 from __future__ import annotations
 
@@ -104,9 +105,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--families", help=f"comma list of {', '.join(FAMILIES)} (default: all)")
+    ap.add_argument("--out", default=str(RESULTS / "devices"), help="results path without suffix (.json and .md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     families = QUICK if args.quick else tuple(FAMILIES)
+    if args.families:
+        families = tuple(f.strip() for f in args.families.split(","))
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            ap.error(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
     protocol = Protocol(runs=args.runs, warmup=20, max_runs=4 * args.runs)
     start = time.time()
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -134,16 +142,18 @@ def main(argv=None) -> int:
                "ssh_ok": sum(abs(r["ssh_vs_local"]) <= SSH_TARGET for r in measured),
                "worst_cv": max((max(r["local_cv_of_medians"], r["ssh_cv_of_medians"]) for r in measured), default=0.0),
                "worst_ssh": max((abs(r["ssh_vs_local"]) for r in measured), default=0.0)}
-    doc = {"benchmark": "devices", "quick": args.quick, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    doc = {"benchmark": "devices", "quick": args.quick, "families": list(families),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}",
            "command": " ".join(["bench/devices.py", *(argv if argv is not None else sys.argv[1:])]),
            "protocol": protocol.to_dict(), "repetitions": args.reps, "resolution": 64, "in_chans": 1,
            "num_classes": 10, "weights": "random (seed 0)", "load_average_start": load_start,
            "load_average_end": [round(v, 2) for v in os.getloadavg()], "seconds": round(time.time() - start, 1),
            "targets": {"cv_of_medians": CV_TARGET, "ssh_vs_local": SSH_TARGET}, "summary": summary, "results": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "devices.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / "devices.md").write_text(markdown(doc))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
 

@@ -91,7 +91,7 @@ def check(args, precision: str) -> dict[str, Any]:
                        progress=lambda d, t: log(f"  {precision}: network {d}/{t}"))
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["passes"] = args.passes
-    png = RESULTS / f"lut-check-{precision}.png"
+    png = Path(args.out).resolve().with_name(f"{Path(args.out).stem}-check-{precision}.png")
     plot_check(report, png)
     report["plot"] = str(png.relative_to(RESULTS.parent.parent))
     fitted = report.get("held_out", {}).get("fitted", {})

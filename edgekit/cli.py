@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs,
                         max_runs=args.max_runs or max(args.runs, 4 * args.runs), target_cv=args.target_cv,
-                        pin=not args.no_pin)
+                        pin=not args.no_pin, blocks=args.blocks, gap_ms=args.gap_ms)
     done = []
     for artifact in args.artifacts:
         try:
@@ -403,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--max-runs", type=int, help="cap on timed runs (default 4 x --runs)")
     p.add_argument("--target-cv", type=float, default=0.10, help="time more runs while the CV is above this")
+    p.add_argument("--blocks", type=int, default=1, help="split the timed runs into N blocks with --gap-ms of sleep "
+                                                         "between them (a measurement spread over time: on a "
+                                                         "shared machine the fastest run then stops depending on "
+                                                         "when it ran)")
+    p.add_argument("--gap-ms", type=float, default=0.0, help="sleep between blocks, ms")
     p.add_argument("--no-pin", action="store_true", help="do not pin the agent to cores")
     p.add_argument("--compare", action="store_true", help="run the PyTorch reference on the same inputs")
     p.add_argument("--per-layer", action="store_true", help="with --compare: every intermediate tensor against "

@@ -229,6 +229,39 @@ def test_stats():
         from_aggregate(n=50, min_ms=0.0, max_ms=0.0, mean_ms=0.0, std_ms=0.0)
     with pytest.raises(ValueError, match="runs 0"):
         Protocol(runs=0)
+    with pytest.raises(ValueError, match="blocks 0 must be between 1 and runs 50"):
+        Protocol(blocks=0)
+    with pytest.raises(ValueError, match="blocks 60 must be between 1 and runs 50"):
+        Protocol(blocks=60)
+    for gap in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="gap_ms .* must be between 0 and 10000"):
+            Protocol(gap_ms=gap)
+
+
+@pytest.mark.slow
+def test_timed_runs_are_spread_in_blocks_with_sleeps_between(artifacts, home):
+    """The protocol's blocks: the real runtime timed in blocks of 4, 3, 3 runs with 200 ms sleeps
+    between them, each sleep followed by the 2 warm-up runs again (seen from the start time of
+    every invoke), and the same request through the local device keeps its settings."""
+    from edgekit.devices import agent
+    path = artifacts[("tflite", "int8")]
+    model = open_model(path)
+    runner = Runner(str(path), model.manifest.to_dict())
+    starts, invoke = [], runner.invoke
+
+    def observed():
+        starts.append(time.perf_counter())
+        invoke()
+
+    runner.invoke = observed
+    x, _ = real_inputs(model, data="fashion-mnist", samples=1)
+    t = agent.measure(runner, [x[0]], warmup=2, runs=10, max_runs=10, target_cv=1.0, blocks=3, gap_ms=200)
+    assert len(t["latencies_ns"]) == 10 and (t["blocks"], t["gap_ms"]) == (3, 200)
+    assert len(starts) == 1 + 2 + 10 + 2 * 2  # first inference, warm-up, timed runs, warm-up after each sleep
+    steps = np.diff(starts[3:])  # after the first inference and the warm-up: 4 timed, (2 + 3), (2 + 3)
+    assert list(np.flatnonzero(steps > 0.15)) == [3, 8]
+    r = measure(path, protocol=Protocol(runs=12, warmup=1, max_runs=12, blocks=3, gap_ms=20), store=False).result
+    assert r.stats.n == 12 and (r.settings["blocks"], r.settings["gap_ms"]) == (3, 20)
 
 
 @pytest.mark.slow

@@ -174,6 +174,8 @@ def test_mismatched_lut_is_refused(tmp_path, tiny_lut):
         load_lut(path, device={"cpu": "Cortex-A76"})
     with pytest.raises(LutMismatchError, match="device device is 'local', expected 'ssh://pi@rpi'"):
         load_lut(path, device="ssh://pi@rpi")
+    with pytest.raises(LutMismatchError, match="statistic is 'median', expected 'min'.*statistics"):
+        load_lut(path, statistic="min")
 
 
 @pytest.mark.parametrize("corrupt, message", [
@@ -189,6 +191,7 @@ def test_mismatched_lut_is_refused(tmp_path, tiny_lut):
     (lambda text, d: json.dumps({**d, "threads": 0}), "threads 0"),
     (lambda text, d: json.dumps({**d, "device": {}}), "fingerprint"),
     (lambda text, d: json.dumps({**d, "typo_field": 1}), "unknown field"),
+    (lambda text, d: json.dumps({**d, "statistic": "mean"}), "statistic 'mean' must be one of"),
 ])
 def test_corrupt_lut_is_refused(tmp_path, tiny_lut, corrupt, message):
     text = tiny_lut.to_json()
@@ -249,6 +252,9 @@ def test_resume_refuses_another_target_or_space(tmp_path, tiny_lut):
     timer = TorchTimer(runs=2, warmup=0)
     with pytest.raises(LutMismatchError, match="format is 'torch', expected 'onnx'"):
         build_lut(TINY, timer, device=dict(tiny_lut.device), format="onnx", precision="fp32", threads=1, out=out)
+    with pytest.raises(LutMismatchError, match="statistic is 'median', expected 'min'"):
+        build_lut(TINY, timer, device=dict(tiny_lut.device), format="torch", precision="fp32", threads=1, out=out,
+                  statistic="min")
     other = get_space("fbnet-v1", **SMALL)
     with pytest.raises(LutError, match="another space"):
         build_lut(other, timer, device=dict(tiny_lut.device), format="torch", precision="fp32", threads=1, out=out)
@@ -387,6 +393,9 @@ def test_lut_check_reports_metrics_and_refuses_another_target(device_build, tmp_
     assert "precision is 'int8', expected 'fp32'" in capsys.readouterr().err
     assert main(["lut", "check", "--lut", str(device_build["out"]), "--threads", "2", "--samples", "2"]) == 2
     assert "threads is 1, expected 2" in capsys.readouterr().err
+    assert lut.statistic == "min"  # the device timer's default
+    with pytest.raises(LutMismatchError, match="statistic is 'min', expected 'median'"):
+        check_lut(lut, _device_timer(tmp_path / "work", store, expect=lut.device, statistic="median"), samples=2)
     elsewhere = lut.replace(device={**lut.device, "cpu_model": "Cortex-A76"})
     with pytest.raises(LutMismatchError, match="cpu_model is .* the LUT has 'Cortex-A76'"):
         check_lut(elsewhere, _device_timer(tmp_path / "work", store, expect=elsewhere.device), samples=2, fit=2)
@@ -423,10 +432,17 @@ def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tm
     ms = swept(units[:2])
     assert [(u.key, u.repeat) for u in swept.log] == [(units[0].key, 0), (units[1].key, 0), (units[1].key, 1),
                                                      (units[0].key, 1), (units[0].key, 2), (units[1].key, 2)]
-    for unit, figure in zip(units[:2], ms):  # the smallest of the unit's three medians, all three stored
-        medians = [u.median_ms for u in swept.log if u.key == unit.key]
-        assert figure == min(medians) and all(u.stored_id is not None for u in swept.log)
+    stats = {r["id"]: r["stats"] for r in store.query(device="local")}
+    for unit, figure in zip(units[:2], ms):  # the fastest of the unit's three runs' fastest runs, all stored
+        fastest = [stats[u.stored_id]["min_ms"] for u in swept.log if u.key == unit.key]
+        assert figure == min(fastest) == min(u.ms for u in swept.log if u.key == unit.key)
     assert swept.cost()["units"] == 2 and swept.cost()["passes"] == 3
+    by_median = _device_timer(tmp_path / "two", store, passes=2, statistic="median")
+    (figure,) = by_median(units[:1])
+    stats = {r["id"]: r["stats"] for r in store.query(device="local")}
+    assert figure == min(stats[u.stored_id]["median_ms"] for u in by_median.log)
+    with pytest.raises(ValueError, match="statistic 'mean' is not one of"):
+        _device_timer(tmp_path / "x", store, statistic="mean")
     with pytest.raises(ValueError, match="passes 0 must be an int >= 1"):
         _device_timer(tmp_path / "x", store, passes=0)
     with pytest.raises(ValueError, match="workers 0 must be an int >= 1"):
@@ -449,8 +465,8 @@ def test_searched_spec_runs_on_the_luts_device_and_is_stored(device_build, tmp_p
     after = load_lut(lut_path)
     assert len(after.networks) == len(before.networks) + 1 and after.entries == before.entries
     rows = ResultStore().query(device="local", format="tflite", precision="int8")
-    # three passes (the default), all stored; the figure is the smallest median
-    assert len(rows) == 3 and min(r["median_ms"] for r in rows) == pytest.approx(m["measured_ms"])
+    # three passes (the default), all stored; the figure is the fastest run (the LUT's statistic)
+    assert len(rows) == 3 and min(r["stats"]["min_ms"] for r in rows) == pytest.approx(m["measured_ms"])
     assert len({r["artifact_path"] for r in rows}) == 1
     assert open_model(rows[0]["artifact_path"]).manifest.arch["name"] == ArchSpec.from_json(
         (tmp_path / "spec.json").read_text()).name
@@ -469,6 +485,9 @@ def test_cli_lut_build_prints_progress_with_eta_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # resumed: nothing left to measure
     assert not [ln for ln in capsys.readouterr().out.splitlines() if "ETA" in ln]
     assert len(load_lut(tmp_path / "lut.json").entries) == 104
+    assert load_lut(tmp_path / "lut.json").statistic == "median"
+    assert main([*args, "--statistic", "min"]) == 2
+    assert "--format torch times eager PyTorch by the median" in capsys.readouterr().err
 
 
 def test_two_networks_under_one_name_are_two_units(tmp_path):

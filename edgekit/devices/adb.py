@@ -130,6 +130,9 @@ class AdbDevice(AgentDevice):
             return self._result(model, protocol, result, files)
         bench = self._benchmark(model_remote, protocol)
         notes = ["latency from benchmark_model: aggregates only (no per-run times, so no median or p90)"]
+        if protocol.blocks > 1:
+            notes.append(f"benchmark_model times its runs back to back: the protocol's {protocol.blocks} blocks "
+                         f"and {protocol.gap_ms:g} ms gaps were not applied")
         files: dict[str, Any] = {"outputs": {}}
         names: tuple[str, ...] = ()
         if self.python is not None:

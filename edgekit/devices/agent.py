@@ -459,10 +459,13 @@ def _cv(lat: list[int]) -> float:
 
 
 def measure(runner: Runner, inputs: Sequence[np.ndarray], *, warmup: int, runs: int, max_runs: int,
-            target_cv: float) -> dict[str, Any]:
+            target_cv: float, blocks: int = 1, gap_ms: float = 0.0) -> dict[str, Any]:
     """Warm up, then time ``runs`` inferences (perf_counter_ns around ``invoke`` only); while the CV
-    is above ``target_cv`` time more, in blocks of ``runs``, up to ``max_runs`` in all."""
+    is above ``target_cv`` time ``runs`` more, up to ``max_runs`` in all. Every ``runs`` is split into
+    ``blocks`` blocks with ``gap_ms`` of sleep between consecutive blocks; after each sleep the
+    ``warmup`` runs are repeated, untimed (the first runs after a sleep find cold caches)."""
     import time
+    sizes = [runs // blocks + (1 if i < runs % blocks else 0) for i in range(blocks)]
     runner.feed(list(inputs))
     t0 = time.perf_counter_ns()
     runner.invoke()
@@ -471,14 +474,22 @@ def measure(runner: Runner, inputs: Sequence[np.ndarray], *, warmup: int, runs: 
         runner.invoke()
     lat: list[int] = []
     while True:
-        for _ in range(min(runs, max_runs - len(lat))):
-            t0 = time.perf_counter_ns()
-            runner.invoke()
-            lat.append(time.perf_counter_ns() - t0)
+        for size in sizes:
+            n = min(size, max_runs - len(lat))
+            if n <= 0:
+                break
+            if lat and gap_ms > 0:
+                time.sleep(gap_ms / 1e3)
+                for _ in range(warmup):
+                    runner.invoke()
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                runner.invoke()
+                lat.append(time.perf_counter_ns() - t0)
         if len(lat) >= max_runs or _cv(lat) <= target_cv:
             break
     return {"first_inference_ns": first, "latencies_ns": lat, "cv": _cv(lat), "cv_target": target_cv,
-            "cv_target_met": _cv(lat) <= target_cv}
+            "cv_target_met": _cv(lat) <= target_cv, "blocks": blocks, "gap_ms": gap_ms}
 
 
 def _outputs(runner: Runner, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -542,9 +553,13 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
     threads = int(request.get("threads", 1))
     runs, warmup = int(request.get("runs", 50)), int(request.get("warmup", 10))
     max_runs = int(request.get("max_runs", 4 * runs))
+    blocks, gap_ms = int(request.get("blocks", 1)), float(request.get("gap_ms", 0.0))
     if threads < 1 or runs < 1 or warmup < 0 or max_runs < runs:
         raise AgentError("bad-request", f"threads {threads} and runs {runs} must be >= 1, warmup {warmup} >= 0, "
                                         f"max_runs {max_runs} >= runs")
+    if not (1 <= blocks <= runs and 0 <= gap_ms <= 10_000):
+        raise AgentError("bad-request", f"blocks {blocks} must be between 1 and runs {runs}, gap_ms {gap_ms} "
+                                        f"between 0 and 10000")
     pinned = _pin(request)
     load_before = _loadavg()
     t0 = time.perf_counter_ns()
@@ -558,7 +573,7 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
             extra, index = _intermediates(runner, inputs)
             outputs.update(extra)
         timing = measure(runner, [x[0] for x in inputs], warmup=warmup, runs=runs, max_runs=max_runs,
-                         target_cv=float(request.get("target_cv", 0.10)))
+                         target_cv=float(request.get("target_cv", 0.10)), blocks=blocks, gap_ms=gap_ms)
     except ValueError as e:
         raise AgentError("bad-input", str(e)) from None
     except AgentError:

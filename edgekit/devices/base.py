@@ -146,6 +146,7 @@ class AgentDevice:
                 "inputs": None, "outputs": "outputs.npz", "result": "result.json", "seed": 0,
                 "threads": protocol.threads, "warmup": protocol.warmup, "runs": protocol.runs,
                 "max_runs": protocol.max_runs, "target_cv": protocol.target_cv,
+                "blocks": protocol.blocks, "gap_ms": protocol.gap_ms,
                 "pin_cores": "auto" if protocol.pin else None}
 
     def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: list[np.ndarray] | None

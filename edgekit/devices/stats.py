@@ -18,7 +18,14 @@ __all__ = ["Stats", "Protocol", "summarize", "from_aggregate"]
 @dataclass(frozen=True)
 class Protocol:
     """How a latency is measured: one thread pinned to one core, a warm-up, at least ``runs`` timed
-    runs, then more (in blocks of ``runs``) while the CV is above ``target_cv``, up to ``max_runs``."""
+    runs, then more (``runs`` at a time) while the CV is above ``target_cv``, up to ``max_runs``.
+
+    ``blocks`` > 1 splits every ``runs`` into that many blocks with ``gap_ms`` of sleep between them,
+    so one measurement samples the device over a longer time (the warm-up is repeated, untimed,
+    after every sleep). On a shared machine (a VM, a board with other work) a neighbour slows whole
+    stretches of runs; after a sleep the process often lands on a quieter core, so the fastest run
+    (``Stats.min_ms``) depends less on when the measurement happened (``bench/devices.py`` measures
+    how much)."""
 
     threads: int = 1
     warmup: int = 10
@@ -26,6 +33,8 @@ class Protocol:
     max_runs: int = 200
     target_cv: float = 0.10
     pin: bool = True
+    blocks: int = 1
+    gap_ms: float = 0.0
 
     def __post_init__(self):
         if self.threads < 1:
@@ -38,6 +47,11 @@ class Protocol:
             raise ValueError(f"max_runs {self.max_runs} must be >= runs {self.runs}")
         if not self.target_cv > 0:
             raise ValueError(f"target_cv {self.target_cv} must be > 0, e.g. 0.1")
+        if not 1 <= self.blocks <= self.runs:
+            raise ValueError(f"blocks {self.blocks} must be between 1 and runs {self.runs} (each block times at "
+                             f"least one run)")
+        if not (math.isfinite(self.gap_ms) and 0 <= self.gap_ms <= 10_000):
+            raise ValueError(f"gap_ms {self.gap_ms} must be between 0 and 10000 ms of sleep between blocks")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

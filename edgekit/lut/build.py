@@ -82,17 +82,19 @@ def plan(space: FBNetV1Space, stored: Lut | Mapping[str, float] | None = None) -
 
 def build_lut(space: FBNetV1Space, measure: Measure, *, device: Mapping[str, Any], format: str, precision: str,
               threads: int, out: str | os.PathLike | None = None, chunk: int = 8,
-              progress: Callable[[int, int], None] | None = None) -> Lut:
+              progress: Callable[[int, int], None] | None = None, statistic: str = "median") -> Lut:
     """Measure every missing signature of ``space`` with ``measure`` and return the LUT.
 
-    With ``out``, an existing file there is resumed (it must be the same space, device, format,
-    precision and threads, else a clear error) and the LUT is saved after every ``chunk``.
+    ``statistic`` names what ``measure`` returns per unit (``min`` or ``median``). With ``out``, an
+    existing file there is resumed (it must be the same space, device, format, precision, threads
+    and statistic, else a clear error) and the LUT is saved after every ``chunk``.
     """
     if chunk < 1:
         raise ValueError(f"chunk {chunk} must be >= 1")
-    lut = Lut(space=space.to_dict(), device=dict(device), format=format, precision=precision, threads=threads)
+    lut = Lut(space=space.to_dict(), device=dict(device), format=format, precision=precision, threads=threads,
+              statistic=statistic)
     if out is not None and Path(out).exists():
-        lut = _resume(Path(out), space, device, format, precision, threads)
+        lut = _resume(Path(out), space, device, format, precision, threads, statistic)
     todo = plan(space, lut)
     done, total = 0, len(todo)
     for start in range(0, total, chunk):
@@ -110,8 +112,8 @@ def build_lut(space: FBNetV1Space, measure: Measure, *, device: Mapping[str, Any
 
 
 def _resume(path: Path, space: FBNetV1Space, device: Mapping[str, Any], format: str, precision: str,
-            threads: int) -> Lut:
-    lut = load_lut(path, device=device, format=format, precision=precision, threads=threads)
+            threads: int, statistic: str) -> Lut:
+    lut = load_lut(path, device=device, format=format, precision=precision, threads=threads, statistic=statistic)
     if dict(lut.space) != space.to_dict():
         raise LutError(f"{path} holds a LUT of another space ({lut.space}), not {space.to_dict()}; resume it with "
                        f"the same space knobs or write to another file")

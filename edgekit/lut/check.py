@@ -94,6 +94,9 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
     fit = max(2, samples // 3) if fit is None else fit
     if fit < 2:
         raise ValueError(f"fit {fit} must be >= 2 (the overhead model has two parameters)")
+    statistic = getattr(measure, "statistic", None)
+    if statistic is not None:  # networks measured another way than the entries would not compare
+        lut.check_compatible(statistic=statistic)
     space = FBNetV1Space.from_dict(lut.space)
     picks = sample_checks(space, samples, seed)
     units = [NetworkUnit(space.spec(c, name=f"check-{seed}-{i}"), space.in_chans, space.num_classes)

@@ -103,7 +103,7 @@ def _clock(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
-def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=None):
+def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=None, statistic: str = "min"):
     from .._background import usable_cpus
     from ..devices.stats import Protocol
     from .device import DeviceTimer
@@ -113,7 +113,8 @@ def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=Non
     return DeviceTimer(space, work_dir=work_dir, device=args.device, format=args.format, precision=args.precision,
                        protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
                        run_samples=args.run_samples, expect=expect, device_options=options,
-                       workers=args.export_workers or min(2, usable_cpus()), passes=args.passes)
+                       workers=args.export_workers or min(2, usable_cpus()), passes=args.passes,
+                       statistic=statistic)
 
 
 def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
@@ -141,6 +142,9 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     progress = None if args.json else _Progress(out, "measured")
 
     if args.format == "torch":
+        if args.statistic == "min":
+            raise ValueError("--format torch times eager PyTorch by the median of its runs; drop --statistic min "
+                             "or measure exported files (--format tflite or onnx)")
         if args.device != "local" or args.precision != "fp32":
             raise ValueError(f"--format torch times eager PyTorch fp32 on this host only (got --device {args.device} "
                              f"--precision {args.precision}); use --format tflite or onnx for a device")
@@ -149,7 +153,7 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
                         precision=args.precision, threads=args.threads, out=args.out, chunk=args.chunk,
                         progress=progress)
     else:
-        timer = _device_timer(args, space, work_dir=_work_dir(args, args.out))
+        timer = _device_timer(args, space, work_dir=_work_dir(args, args.out), statistic=args.statistic or "min")
         lut = build_on_device(space, timer, out=args.out, chunk=args.chunk, progress=progress)
     if args.networks:
         lut = measure_networks(lut, space, timer, samples=args.networks, seed=args.seed)
@@ -182,7 +186,8 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
     if lut.format == "torch":
         raise ValueError(f"{args.lut} is a torch LUT; lut check measures exported tflite / onnx files on a device")
     space = FBNetV1Space.from_dict(lut.space)
-    timer = _device_timer(args, space, work_dir=_work_dir(args, args.lut), expect=lut.device)
+    # the networks are measured as the LUT's entries were (its statistic)
+    timer = _device_timer(args, space, work_dir=_work_dir(args, args.lut), expect=lut.device, statistic=lut.statistic)
 
     progress = None if args.json else _Progress(out, "measured network")
 
@@ -241,8 +246,8 @@ def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | 
     p.add_argument("--export-workers", type=int, help="processes exporting units ahead of their measurement "
                                                       "(default: 2 when two CPUs are usable, else 1)")
     p.add_argument("--passes", type=int, default=3,
-                   help="sweeps over each chunk of units; a unit's figure is its smallest median (default 3: a "
-                        "slow spell on the device spoils one sweep, not the figure)")
+                   help="sweeps over each chunk of units; a unit's figure is the smallest over the sweeps "
+                        "(default 3: a slow spell on the device spoils one sweep, not the figure)")
 
 
 def add_lut_commands(sub: argparse._SubParsersAction) -> None:
@@ -268,6 +273,9 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", help="tflite or onnx (exported, run on --device) or torch (local)")
     p.add_argument("--precision", default="fp32", help="fp32 or int8")
     _add_device_arguments(p, threads_default=1)
+    p.add_argument("--statistic", choices=("min", "median"),
+                   help="a unit's figure from its timed runs: min (default for tflite / onnx: the fastest run, "
+                        "robust to a busy device) or median (--format torch)")
     p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
     p.add_argument("--seed", type=int, default=0)

@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 FORMATS = ("onnx", "tflite", "torch")
 PRECISIONS = ("fp32", "int8", "int8-weights", "mixed")
 UNIT = "ms"
+STATISTICS = ("min", "median")  # what one measurement's figure is: its fastest timed run, its median
 
 
 class LutError(ValueError):
@@ -116,12 +117,14 @@ class Lut:
         return cls.from_dict(data)
 
     def check_compatible(self, *, device: Mapping[str, Any] | str | None = None, format: str | None = None,
-                         precision: str | None = None, threads: int | None = None) -> None:
+                         precision: str | None = None, threads: int | None = None,
+                         statistic: str | None = None) -> None:
         """Raise :class:`LutMismatchError` naming every stated expectation this LUT does not meet.
-        ``device`` is a fingerprint (every key given must match) or an address string."""
+        ``device`` is a fingerprint (every key given must match) or an address string; ``statistic``
+        is what one measurement's figure is (``min``, ``median``)."""
         problems = []
         for label, want, have in (("format", format, self.format), ("precision", precision, self.precision),
-                                  ("threads", threads, self.threads)):
+                                  ("threads", threads, self.threads), ("statistic", statistic, self.statistic)):
             if want is not None and want != have:
                 problems.append(f"{label} is {have!r}, expected {want!r}")
         if device is not None:
@@ -132,7 +135,7 @@ class Lut:
         if problems:
             raise LutMismatchError("LUT was measured elsewhere: " + "; ".join(problems) +
                                    ". Build a LUT for this target with `edgekit lut build` (latencies do not "
-                                   "transfer between devices, formats, precisions or thread counts)")
+                                   "transfer between devices, formats, precisions, thread counts or statistics)")
 
 
 def _check_header(lut: Lut) -> None:
@@ -151,6 +154,8 @@ def _check_header(lut: Lut) -> None:
                        "without the device it was measured on)")
     if not isinstance(lut.entries, Mapping):
         raise LutError("LUT entries must be an object {signature: ms}")
+    if lut.statistic not in STATISTICS:
+        raise LutError(f"LUT statistic {lut.statistic!r} must be one of {STATISTICS}")
 
 
 def _finite_ms(value: Any) -> bool:
@@ -179,7 +184,7 @@ def _check_overhead(o: Mapping[str, Any]) -> None:
 
 
 def load_lut(path: str | os.PathLike, *, device: Mapping[str, Any] | str | None = None, format: str | None = None,
-             precision: str | None = None, threads: int | None = None) -> Lut:
+             precision: str | None = None, threads: int | None = None, statistic: str | None = None) -> Lut:
     """Read and validate a LUT file; with any expectation given, refuse a LUT that does not meet it.
 
     >>> lut = load_lut("lut.json", format="tflite", precision="int8", threads=1)  # doctest: +SKIP
@@ -196,7 +201,7 @@ def load_lut(path: str | os.PathLike, *, device: Mapping[str, Any] | str | None 
     except LutError as e:
         raise type(e)(f"{path}: {e}; the file is corrupt or not a LUT (rebuild or resume it with "
                       f"`edgekit lut build`)") from None
-    lut.check_compatible(device=device, format=format, precision=precision, threads=threads)
+    lut.check_compatible(device=device, format=format, precision=precision, threads=threads, statistic=statistic)
     return lut
 
 

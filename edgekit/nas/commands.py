@@ -77,7 +77,7 @@ def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
         options = {"profile": args.profile} if args.profile else {}
         timer = DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
                             format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
-                            expect=lut.device, device_options=options, passes=args.passes)
+                            expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic)
     (ms,) = timer([unit])
     updated = add_measured_network(lut, space, result.choices, ms)
     save_lut(updated, args.lut)
@@ -117,7 +117,8 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
                    help="export the searched spec, run it on the LUT's device, compare with the prediction and add "
                         "the measurement to the LUT (its overhead model then maps the next --target-ms)")
     p.add_argument("--profile", help="device profile (JSON/TOML) for the LUT's ssh:// or adb:// device (--measure)")
-    p.add_argument("--passes", type=int, default=3, help="--measure: runs of the spec, its figure the smallest median "
-                                                         "(as `lut build` and `lut check` measure)")
+    p.add_argument("--passes", type=int, default=3, help="--measure: runs of the spec, its figure the smallest of "
+                                                         "the LUT's statistic (as `lut build` and `lut check` "
+                                                         "measure)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nas_search)

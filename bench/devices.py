@@ -2,13 +2,14 @@
 
 One small variant per family (64x64, 1 channel, 10 classes, random weights), fp32 and int8, ONNX
 and TFLite, each measured locally and over SSH to a throwaway sshd on 127.0.0.1 (started like the
-tests do), three repetitions interleaved in one run. Reported per file: the median of each
-repetition, the CV of those medians (target <= 2 %) and the SSH median against the local one
-(target within 3 %). Writes bench/results/devices.json and devices.md.
+tests do), three repetitions interleaved in one run, every measurement timed in blocks with sleeps
+between them (``--blocks``, ``--gap-ms``). Reported per file, for the median and for the fastest
+run of each repetition: the CV of the three figures (target <= 2 %) and the SSH figure against the
+local one (target within 3 %). Writes bench/results/devices.json and devices.md (or ``--out``).
 
     .venv/bin/python bench/devices.py            # every family (about 15 min on 2 cores)
     .venv/bin/python bench/devices.py --quick    # two families
-    .venv/bin/python bench/devices.py --families "ESPNet v1" --out bench/results/devices-espnet-v1
+    .venv/bin/python bench/devices.py --families "ESPNet v1" --out /tmp/devices-espnet-v1   # one family
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def measure_file(path: Path, devices: dict, protocol: Protocol, reps: int) -> di
     for _ in range(reps):  # interleaved, so both devices see the same machine load
         for name, dev in devices.items():
             r = dev.run(model, [x], protocol=protocol)
-            figures["median"][name].append(r.stats.median_ms)
-            figures["min"][name].append(r.stats.min_ms)
+            for stat in STATS:
+                figures[stat][name].append(getattr(r.stats, f"{stat}_ms"))
             fingerprint = {k: r.fingerprint.get(k) for k in ("runtime", "runtime_version", "cpu_model", "pinned_cores")}
     row = {"file": path.name, "model": model.name, "format": model.format, "precision": model.precision,
            "fingerprint": fingerprint}

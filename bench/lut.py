@@ -167,6 +167,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
+    from edgekit.lut.lut import STATISTICS
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--precisions", default="int8,fp32")
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2, help="export processes")
     p.add_argument("--passes", type=int, default=3, help="sweeps per chunk; each unit's smallest figure counts")
-    p.add_argument("--statistic", choices=("min", "median"), default="min",
+    p.add_argument("--statistic", choices=STATISTICS, default="min",
                    help="a unit's figure from one run: its fastest run (default) or its median")
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--fit", type=int, default=15)

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .lut import STATISTICS
+
 __all__ = ["add_lut_commands", "add_space_arguments", "space_from_args"]
 
 
@@ -103,7 +105,7 @@ def _clock(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
-def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, expect=None, statistic: str = "min"):
+def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, statistic: str, expect=None):
     from .._background import usable_cpus
     from ..devices.stats import Protocol
     from .device import DeviceTimer
@@ -273,7 +275,7 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", help="tflite or onnx (exported, run on --device) or torch (local)")
     p.add_argument("--precision", default="fp32", help="fp32 or int8")
     _add_device_arguments(p, threads_default=1)
-    p.add_argument("--statistic", choices=("min", "median"),
+    p.add_argument("--statistic", choices=STATISTICS,
                    help="a unit's figure from its timed runs: min (default for tflite / onnx: the fastest run, "
                         "robust to a busy device) or median (--format torch)")
     p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")

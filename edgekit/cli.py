@@ -121,6 +121,7 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
         samples = int(n)
     settings = ExportSettings(formats=tuple(args.format.split(",")), precisions=tuple(args.precision.split(",")),
                               calib=source, calib_samples=samples, calib_method=args.calib_method,
+                              calib_retry=tuple(m for m in args.calib_retry.split(",") if m),
                               synthetic=args.synthetic_calib, io_dtype=args.io_dtype, force=args.force,
                               max_drop=args.max_drop, max_float_layers=args.max_float_layers,
                               sensitivity=args.sensitivity is not None,
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default="fashion-mnist", help="fashion-mnist[:N], a directory, or FILE.npy")
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--calib-method", default="minmax", help="minmax, percentile, entropy or mse")
+    p.add_argument("--calib-retry", default="mse,percentile", metavar="METHODS",
+                   help="methods to calibrate again with, in turn, while an int8 file is below the SQNR floor; the "
+                        "most faithful is kept ('' : none)")
     p.add_argument("--synthetic-calib", action="store_true", help="calibrate on random data (flagged everywhere)")
     p.add_argument("--io-dtype", default="int8", choices=("int8", "float32"), help="TFLite int8 file inputs/outputs")
     p.add_argument("--force", action="store_true", help="write int8 files below the SQNR floor too")

@@ -100,6 +100,37 @@ def test_bad_settings_are_refused_before_any_work():
         ExportSettings(calib_method="kl")
 
 
+def test_below_the_floor_int8_is_calibrated_again_and_the_best_kept(tmp_path, monkeypatch):
+    """The floor is raised out of reach, so every retry method runs: without --force nothing is
+    written and the error lists each method's SQNR; with it the most faithful file is written and its
+    manifest says which method made it and what each one measured."""
+    import edgekit.export as ex
+    model = create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)
+    settings = dict(formats=("onnx",), precisions=("int8",), calib_samples=64, holdout=64)
+    ok = export(model, name="g", out=tmp_path, settings=ExportSettings(**settings))[0]  # the floor as shipped
+    assert [t["method"] for t in ok.artifact.manifest.metrics["calibration_tries"]] == ["minmax"]
+    assert ok.artifact.manifest.calibration.method == "minmax"
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setitem(ex.SQNR_FLOOR_DB, "int8", 1000.0)
+    with pytest.raises(ValueError, match=r"calibrated with minmax \(.* dB\), mse \(.* dB\), percentile \(.* dB\)"):
+        export(model, name="g", out=out, settings=ExportSettings(**settings))
+    assert list(out.iterdir()) == []
+    f = export(model, name="g", out=out, settings=ExportSettings(**settings, force=True))[0]
+    m = load_artifact(f.artifact.path).manifest
+    tries = m.metrics["calibration_tries"]
+    assert [t["method"] for t in tries] == ["minmax", "mse", "percentile"]
+    best = max(tries, key=lambda t: t["sqnr_db"])
+    assert m.calibration.method == best["method"] and m.calibration.details["method"] == best["method"]
+    assert abs(f.parity.sqnr_db - best["sqnr_db"]) < 0.01  # the file written is the one that measured best
+    if best["method"] != "minmax":
+        assert any("calibrated again" in n and f"kept {best['method']}" in n for n in m.notes), m.notes
+    with pytest.raises(ValueError, match="calibration method 'kl'"):
+        ExportSettings(calib_retry=("mse", "kl"))
+    f = export(model, name="h", out=out, settings=ExportSettings(**settings, force=True, calib_retry=()))[0]
+    assert [t["method"] for t in f.artifact.manifest.metrics["calibration_tries"]] == ["minmax"]
+
+
 def test_cli_errors_exit_nonzero(tmp_path):
     r = cli("export", "ghostnet_05", "--out", str(tmp_path))
     assert r.returncode == 2 and "did you mean" in r.stderr

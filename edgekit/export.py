@@ -269,7 +269,7 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
         if "int8" in s.precisions:
             files, tries = _calibrated(lambda method: _OnnxFiles(fp32, calib, replace(s, calib_method=method)),
                                        holdout, reference, s)
-            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries)
+            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
     else:
         from .exporters.tflite import export_tflite_fp32
         graphs = background.result() if background is not None else {}
@@ -278,7 +278,7 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
         if "int8" in s.precisions:
             files, tries = _calibrated(lambda method: _TfliteFiles(model, example, calib, replace(s, calib_method=method),
                                                                    graphs.get("int8")), holdout, reference, s)
-            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries)
+            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
 
 
 def _calibrated(make, holdout: np.ndarray, reference: np.ndarray, s: ExportSettings) -> tuple[Any, list[dict]]:
@@ -298,12 +298,11 @@ def _calibrated(make, holdout: np.ndarray, reference: np.ndarray, s: ExportSetti
     return best[1], tries
 
 
-def _with_tries(converted: tuple[str, Any, dict], tries: list[dict]) -> tuple[str, Any, dict]:
+def _with_tries(converted: tuple[str, Any, dict], tries: list[dict], kept: str) -> tuple[str, Any, dict]:
     """The manifest extras of an int8 / mixed file with the calibration methods tried; a note when
-    the kept one is not the method asked for."""
+    the one kept is not the method asked for."""
     precision, exp, extra = converted
     extra = {**extra, "metrics": {**extra.get("metrics", {}), "calibration_tries": tries}}
-    kept = max(tries, key=lambda t: -math.inf if math.isnan(t["sqnr_db"]) else t["sqnr_db"])["method"]
     if kept != tries[0]["method"]:
         extra["calibration_method"] = kept
         said = f"{tries[0]['method']} calibration gave {tries[0]['sqnr_db']} dB, below the {SQNR_FLOOR_DB['int8']:g} dB " \

@@ -105,8 +105,9 @@ def test_bad_settings_are_refused_before_any_work():
 @pytest.mark.slow
 def test_below_the_floor_int8_is_calibrated_again_and_the_best_kept(tmp_path, monkeypatch):
     """The floor is raised out of reach, so every retry method runs: without --force nothing is
-    written and the error lists each method's SQNR; with it the most faithful file is written and its
-    manifest says which method made it and what each one measured."""
+    written and the error lists each method's SQNR; with --max-drop the file passes on its measured
+    top-1; with --force the most faithful file is written and its manifest says which method made it
+    and what each one measured."""
     import edgekit.export as ex
     model = create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)
     settings = dict(formats=("onnx",), precisions=("int8",), calib_samples=64, holdout=64)
@@ -116,9 +117,17 @@ def test_below_the_floor_int8_is_calibrated_again_and_the_best_kept(tmp_path, mo
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setitem(ex.SQNR_FLOOR_DB, "int8", 1000.0)
-    with pytest.raises(ValueError, match=r"calibrated with minmax \(.* dB\), mse \(.* dB\), percentile \(.* dB\)"):
+    with pytest.raises(ValueError, match=r"--max-drop POINTS accepts it.*calibrated with minmax \(.* dB\), "
+                                         r"mse \(.* dB\), percentile \(.* dB\)"):
         export(model, name="g", out=out, settings=ExportSettings(**settings))
     assert list(out.iterdir()) == []
+    # a top-1 drop measured within max_drop passes the file whatever its SQNR, and says so
+    f = export(model, name="a", out=out, settings=ExportSettings(**settings, max_drop=100.0, accuracy_samples=64))[0]
+    m = f.artifact.manifest
+    assert m.precision == "int8" and m.metrics["accuracy"]["samples"] == 64
+    assert any("below the 1000 dB floor; accepted on measured top-1" in n for n in m.notes), m.notes
+    for p in out.iterdir():
+        p.unlink()
     f = export(model, name="g", out=out, settings=ExportSettings(**settings, force=True))[0]
     m = load_artifact(f.artifact.path).manifest
     tries = m.metrics["calibration_tries"]

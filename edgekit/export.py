@@ -7,7 +7,10 @@ behind.
 With ``max_drop`` (points of top-1) the int8 file's top-1 is measured against the fp32 file's on
 labelled held-out images (the test split of the calibration source, never calibrated on); when it
 drops more, the most sensitive layers (``edgekit.calibration.sensitivity``) are kept float until it
-fits, and the file is written as precision ``mixed`` with its float layers in the manifest.
+fits, and the file is written as precision ``mixed`` with its float layers in the manifest. A file
+within ``max_drop`` passes on that measured accuracy even when its logits' SQNR is below the floor
+(FBNetV3-A trained on 30,000 Fashion-MNIST images: 15-17 dB, and within 0.2 points of fp32's
+top-1), with a note.
 
 An int8 file below the SQNR floor is calibrated again with each ``calib_retry`` method (clipping
 estimators: the min/max range of a long-tailed activation spends most of its 256 levels on a few
@@ -209,9 +212,9 @@ def _accurate_enough(extra: Mapping[str, Any], s: ExportSettings) -> str | None:
     acc = extra.get("metrics", {}).get("accuracy", {})
     if s.max_drop is None or acc.get("drop_points") is None or acc["drop_points"] > s.max_drop:
         return None
-    return (f"logits SQNR {{sqnr:.1f}} dB is below the {{floor:g}} dB floor; accepted on measured top-1: "
-            f"{acc['drop_points']:.2f} points below fp32 on {acc['samples']} {acc['dataset']} test images, "
-            f"within max_drop {s.max_drop:g}")
+    return (f"logits SQNR {{sqnr:.1f}} dB is below the {{floor:g}} dB floor; accepted on measured top-1: a drop "
+            f"of {acc['drop_points']:.2f} points against fp32 on {acc['samples']} {acc['dataset']} images, within "
+            f"max_drop {s.max_drop:g}")
 
 
 def _tries_said(extra: Mapping[str, Any]) -> str:

@@ -5,8 +5,10 @@ the TFLite fp32 and int8 files (Fashion-MNIST calibration, 1 channel, 10 classes
 timed alternately on one pinned core (``bench/quantization.py``'s ``paired_latency``).
 
     .venv/bin/python bench/int8_speed.py --model espnetv2_1_0 --sides 32,64,128
+    .venv/bin/python bench/int8_speed.py --model espnetv2_1_0 --sides 64 --prelu-as-relu
 
-Writes bench/results/int8_speed-<model>.json.
+``--prelu-as-relu`` swaps every PReLU module for a ReLU first: what the speed-up would be if PReLU
+cost nothing extra in int8. Writes bench/results/int8_speed-<model>[-relu].json.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--sides", default="32,64,128")
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--prelu-as-relu", action="store_true", help="replace every PReLU by a ReLU before export")
     args = p.parse_args(argv)
     from edgekit.calibration.data import calibration_batch, preprocessing_for
     from edgekit.export import ExportSettings, export
@@ -39,6 +42,8 @@ def main(argv=None) -> int:
     for side in (int(v) for v in args.sides.split(",")):
         torch.manual_seed(0)
         model = create_model(args.model, num_classes=10, in_chans=1, resolution=side)
+        if args.prelu_as_relu:
+            _prelu_as_relu(model)
         with tempfile.TemporaryDirectory() as tmp, captured():
             files = export(model, name=args.model, out=tmp, settings=ExportSettings(
                 formats=("tflite",), calib_samples=64, holdout=32, force=True))
@@ -51,8 +56,16 @@ def main(argv=None) -> int:
         doc["sides"][side] = lat
         print(f"{args.model} at {side}x{side}: fp32 {lat['fp32']['median_ms']:.3f} ms, int8 "
               f"{lat['int8']['median_ms']:.3f} ms, speed-up {lat['speedup']:.2f}x", flush=True)
-    write_json(RESULTS / f"int8_speed-{args.model}.json", doc)
+    write_json(RESULTS / f"int8_speed-{args.model}{'-relu' if args.prelu_as_relu else ''}.json", doc)
     return 0
+
+
+def _prelu_as_relu(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.PReLU):
+            setattr(module, name, torch.nn.ReLU())
+        else:
+            _prelu_as_relu(child)
 
 
 if __name__ == "__main__":

@@ -179,9 +179,10 @@ def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout:
                                for i in range(0, len(holdout), REFERENCE_CHUNK)]).numpy()
     pending = []
     for fmt in settings.formats:
-        for precision, exp, extra in _converted(fmt, name, model, example, calib, holdout, reference, labelled,
-                                                settings, background):
-            parity = compare(reference, _outputs(exp, holdout))
+        for precision, exp, extra, parity in _converted(fmt, name, model, example, calib, holdout, reference,
+                                                        labelled, settings, background):
+            if parity is None:  # an int8 file's was measured when its calibration was chosen
+                parity = compare(reference, _outputs(exp, holdout))
             floor = SQNR_FLOOR_DB["int8" if precision == "mixed" else precision]
             accepted = _accurate_enough(extra, settings)
             if accepted is not None and parity.sqnr_db < floor:  # NaN is never accepted
@@ -276,45 +277,54 @@ def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, cal
 
 def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, holdout: np.ndarray,
              reference: np.ndarray, labelled, s: ExportSettings, background=None):
-    """Yield (precision, export, manifest extras) for one format; int8 reuses the fp32 conversion
-    where it can, is calibrated again when below the floor (``_calibrated``), and becomes "mixed"
-    when ``max_drop`` makes layers fall back to float. The TFLite float graphs come from
-    ``background`` (a worker converting them) when there is one."""
+    """Yield (precision, export, manifest extras, parity or None: not measured yet) for one format;
+    int8 reuses the fp32 conversion where it can, is calibrated again when below the floor
+    (``_calibrated``), and becomes "mixed" when ``max_drop`` makes layers fall back to float. The
+    TFLite float graphs come from ``background`` (a worker converting them) when there is one."""
     if fmt == "onnx":
         from .exporters.onnx import export_onnx_fp32
         fp32 = export_onnx_fp32(model, example)
         if "fp32" in s.precisions:
-            yield "fp32", fp32, {}
+            yield "fp32", fp32, {}, None
         if "int8" in s.precisions:
-            files, tries = _calibrated(lambda method: _OnnxFiles(fp32, calib, replace(s, calib_method=method)),
-                                       holdout, reference, s)
-            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
+            yield _int8(lambda method: _OnnxFiles(fp32, calib, replace(s, calib_method=method)), holdout,
+                             reference, labelled, s)
     else:
         from .exporters.tflite import export_tflite_fp32
         graphs = background.result() if background is not None else {}
         if "fp32" in s.precisions:
-            yield "fp32", graphs.get("fp32") or export_tflite_fp32(model, example), {}
+            yield "fp32", graphs.get("fp32") or export_tflite_fp32(model, example), {}, None
         if "int8" in s.precisions:
-            files, tries = _calibrated(lambda method: _TfliteFiles(model, example, calib, replace(s, calib_method=method),
-                                                                   graphs.get("int8")), holdout, reference, s)
-            yield _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
+            yield _int8(lambda method: _TfliteFiles(model, example, calib, replace(s, calib_method=method),
+                                                         graphs.get("int8")), holdout, reference, labelled, s)
 
 
-def _calibrated(make, holdout: np.ndarray, reference: np.ndarray, s: ExportSettings) -> tuple[Any, list[dict]]:
+def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled,
+          s: ExportSettings) -> tuple[str, Any, dict, ParityReport | None]:
+    """The int8 (or mixed) file of one format, from the files ``make(method)`` calibrates, with the
+    parity measured while choosing the calibration when the file is that int8 one."""
+    files, tries, parity = _calibrated(make, holdout, reference, s)
+    precision, exp, extra = _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
+    return precision, exp, extra, parity if exp is files.int8 else None
+
+
+def _calibrated(make, holdout: np.ndarray, reference: np.ndarray,
+                s: ExportSettings) -> tuple[Any, list[dict], ParityReport]:
     """The int8 files calibrated with ``s.calib_method``; while their SQNR against PyTorch on
     ``holdout`` is below the floor, calibrated again with each ``s.calib_retry`` method in turn. The
-    most faithful one is kept, with every (method, SQNR) tried."""
+    most faithful one is kept, with every (method, SQNR) tried and its int8 file's parity."""
     tries, best = [], None
     for method in dict.fromkeys((s.calib_method, *s.calib_retry)):
         files = make(method)
-        sqnr = compare(reference, _outputs(files.int8, holdout)).sqnr_db
+        parity = compare(reference, _outputs(files.int8, holdout))
+        sqnr = parity.sqnr_db
         tries.append({"method": method, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else sqnr})
         score = sqnr if not math.isnan(sqnr) else -math.inf
         if best is None or score > best[0]:
-            best = (score, files)
+            best = (score, files, parity)
         if score >= SQNR_FLOOR_DB["int8"]:
             break
-    return best[1], tries
+    return best[1], tries, best[2]
 
 
 def _with_tries(converted: tuple[str, Any, dict], tries: list[dict], kept: str) -> tuple[str, Any, dict]:
@@ -324,9 +334,9 @@ def _with_tries(converted: tuple[str, Any, dict], tries: list[dict], kept: str) 
     extra = {**extra, "metrics": {**extra.get("metrics", {}), "calibration_tries": tries}}
     if kept != tries[0]["method"]:
         extra["calibration_method"] = kept
-        said = f"{tries[0]['method']} calibration gave {tries[0]['sqnr_db']} dB, below the {SQNR_FLOOR_DB['int8']:g} dB " \
-               f"floor; calibrated again: " + ", ".join(f"{t['method']} {t['sqnr_db']} dB" for t in tries[1:]) + \
-               f"; kept {kept}"
+        said = (f"{tries[0]['method']} calibration gave {tries[0]['sqnr_db']} dB, below the "
+                f"{SQNR_FLOOR_DB['int8']:g} dB floor; calibrated again: "
+                + ", ".join(f"{t['method']} {t['sqnr_db']} dB" for t in tries[1:]) + f"; kept {kept}")
         extra["note"] = f"{said}; {extra['note']}" if extra.get("note") else said
     return precision, exp, extra
 

@@ -35,21 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench._common import RESULTS, TrainSettings, captured, family_of, fingerprint, trained_model, write_json  # noqa: E402
-from bench._common import FAMILIES  # noqa: E402
-
-
-def _session(proto_or_bytes):
-    import onnxruntime as ort
-    data = proto_or_bytes if isinstance(proto_or_bytes, bytes) else proto_or_bytes.SerializeToString()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3  # a graph with pairs taken out leaves unused scales: ORT warns per initializer
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+from bench._common import (FAMILIES, RESULTS, TrainSettings, captured, family_of, fingerprint,  # noqa: E402
+                           trained_model, write_json)
 
 
 def logits(model, x: np.ndarray) -> np.ndarray:
-    sess = _session(model)
+    """``model`` (ONNX bytes or proto) run one image at a time, 1 thread; edgekit's session keeps
+    ORT's warnings down (a graph with pairs taken out leaves unused scales, one warning each)."""
+    from edgekit.exporters.onnx import _session
+    sess = _session(model if isinstance(model, bytes) else model.SerializeToString(), threads=1)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 

@@ -312,6 +312,65 @@ def test_fp32_graph_is_not_rewritten():
     assert any("hardswish" in t for t in targets) and any("avg_pool2d" in t for t in targets)
 
 
+# ---- channel shuffles: folded into the conv before them, in fp32 and int8 alike -----------------------
+
+class _Shuffled(nn.Module):
+    """FBNet's grouped blocks: with a pw conv (grouped 1x1 + BN + ReLU, shuffle, depthwise, grouped
+    1x1), and without one (shuffle of a tensor the residual add reads too, depthwise, grouped 1x1);
+    then a shuffle the fold must leave alone: its conv's output is read by an add as well, and an add
+    reads the shuffled tensor."""
+
+    def __init__(self):
+        super().__init__()
+        from edgekit.models.layers import ChannelShuffle, ConvBNAct
+        self.pw = ConvBNAct(8, 12, 1, groups=2)
+        self.shuffle = ChannelShuffle(2)
+        self.dw = ConvBNAct(12, 12, 3, groups=12)
+        self.pwl = ConvBNAct(12, 8, 1, groups=2, act=None)
+        self.dw2 = ConvBNAct(8, 8, 3, groups=8)
+        self.pwl2 = ConvBNAct(8, 8, 1, groups=4, act=None)
+        self.shuffle4 = ChannelShuffle(4)
+        self.shared = nn.Conv2d(8, 8, 1)
+        with torch.no_grad():
+            for bn in (m for m in self.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        y = self.pwl(self.dw(self.shuffle(self.pw(x))))  # (B, 8, H, W): folded into pw
+        y = y + self.pwl2(self.dw2(self.shuffle4(y)))  # folded into pwl2 (and dw2's channel order)
+        z = self.shared(y)
+        return self.shuffle4(z) + z  # left
+
+
+def test_channel_shuffle_beside_a_conv_is_folded_into_it():
+    model = _Shuffled().eval()
+    x = torch.randn(2, 8, 8, 8)
+    gm, _, _ = tfl._prepared(model, x[:1], "NHWC")
+    transposes = [n for n in gm.graph.nodes if n.op == "call_function" and "transpose" in str(n.target)]
+    assert len(transposes) == 1, "the two grouped blocks' shuffles are folded; the one beside an add stays"
+    convs = [n for n in gm.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
+    assert [n.args[6] if len(n.args) > 6 else 1 for n in convs] == [1, 12, 2, 8, 1, 1], \
+        "pw and pwl2 became dense, the depthwise convs stayed depthwise"
+    with torch.no_grad():
+        want = model(x)
+        got = torch.cat([gm(x[i:i + 1].permute(0, 2, 3, 1).contiguous()) for i in range(2)]).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fbnet_with_grouped_blocks_converts_without_transpose(fmnist):
+    model, calib, test, example, ref = _case("fbnet_a", 32, fmnist, 64)
+    fp32 = export_tflite_fp32(model, example)
+    int8 = export_tflite_int8(model, example, calib)
+    for exp in (fp32, int8):
+        assert exp.op_histogram.get("TRANSPOSE", 0) == 0, exp.op_histogram
+    assert _sqnr(ref, fp32(_nhwc(test))) > 70.0
+    assert int8.quant_op_count == 0, int8.op_histogram
+
+
 # ---- slow: one variant of each family ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

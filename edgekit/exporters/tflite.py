@@ -1,8 +1,9 @@
 """PyTorch -> TFLite: fp32 with NHWC input and no TRANSPOSE inside, and full-integer int8.
 
 fp32: the model is exported with ``torch.export``, wrapped so that it takes NHWC input (and, for a
-spatial output, gives NHWC output), lightly rewritten (see :func:`_rewrite_for_nhwc`) and converted by
-litert-torch, whose layout pass then keeps every 4-D tensor NHWC.
+spatial output, gives NHWC output), lightly rewritten (see :func:`_rewrite_for_nhwc` and
+:func:`_fold_channel_shuffles`) and converted by litert-torch, whose layout pass then keeps every
+4-D tensor NHWC.
 
 int8: the fp32 flatbuffer is quantized by ai-edge-quantizer's static recipe (int8 per-channel
 symmetric weights, int8 per-tensor asymmetric activations, integer compute), with activation ranges
@@ -339,6 +340,163 @@ def _rewrite_for_nhwc(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+_PER_CHANNEL_FREE = frozenset(getattr(torch.ops.aten, name).default for name in (
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "silu", "silu_", "sigmoid",
+    "sigmoid_", "gelu", "clamp"))  # elementwise ops with no per-channel parameters
+
+
+def _fold_channel_shuffles(gm: torch.fx.GraphModule) -> int:
+    """A channel shuffle (reshape to (B, g, C/g, H, W), swap the two channel axes, reshape back)
+    next to a conv through per-channel ops only -> that conv's channels reordered instead.
+
+    litert-torch keeps a shuffle as RESHAPE, TRANSPOSE, RESHAPE (FBNet's grouped blocks: 9 TRANSPOSE
+    in fbnet_a). The shuffled order can come out of the conv before it (its output channels
+    permuted), or be undone by the conv after it (its input channels permuted), with the depthwise
+    convs, BNs and activations in between following the new order; a grouped conv that takes the
+    permutation becomes dense (its block-diagonal weight, zeros outside the groups). Same function,
+    no TRANSPOSE. A shuffle with no such conv on either side, or whose tensors on the way have other
+    readers, is left as it is."""
+    aten = torch.ops.aten
+    reshapes = (aten.reshape.default, aten.view.default, aten._unsafe_view.default)
+    n = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.transpose.int or \
+                sorted(d % 5 for d in node.args[1:3]) != [1, 2]:
+            continue
+        split = node.args[0]
+        if not (isinstance(split, torch.fx.Node) and split.target in reshapes and len(split.users) == 1
+                and len(node.users) == 1):
+            continue
+        merge = next(iter(node.users))
+        if merge.op == "call_function" and merge.target in (aten.clone.default, aten.contiguous.default) \
+                and len(merge.users) == 1:
+            merge = next(iter(merge.users))
+        x, val5, out = split.args[0], split.meta.get("val"), merge.meta.get("val")
+        val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if merge.target not in reshapes or val is None or val5 is None or out is None or val.dim() != 4 \
+                or val5.dim() != 5 or tuple(out.shape) != tuple(val.shape):
+            continue
+        c, g = int(val.shape[1]), int(val5.shape[1])
+        if g * int(val5.shape[2]) != c or tuple(val5.shape[3:]) != tuple(val.shape[2:]):
+            continue
+        perm = torch.tensor([(j % g) * (c // g) + j // g for j in range(c)])  # shuffled[j] = x[perm[j]]
+        if not (_shuffle_into_producer(gm, x, perm) or _shuffle_into_consumer(gm, merge, perm)):
+            continue
+        merge.replace_all_uses_with(x)
+        for dead in (merge, *([] if merge.args[0] is node else [merge.args[0]]), node, split):
+            gm.graph.erase_node(dead)
+        n += 1
+    return n
+
+
+def _per_channel(gm: torch.fx.GraphModule, node: torch.fx.Node, c: int) -> list[torch.Tensor | None] | None:
+    """The per-channel parameters of ``node`` when it maps each of ``c`` channels on its own (an
+    activation: [], a BN in eval: weight, bias, mean, var, a depthwise conv: weight, bias), else None."""
+    aten = torch.ops.aten
+    if node.op != "call_function" or node.kwargs:
+        return None
+    if node.target in _PER_CHANNEL_FREE:
+        return []
+    if node.target is aten.batch_norm.default and not node.args[5]:
+        params = [_param_value(gm, a) for a in node.args[1:5]]
+        return None if any(a is not None and p is None for a, p in zip(node.args[1:5], params)) else params
+    if node.target is aten.conv2d.default:
+        args = _conv_args(node)
+        weight, bias = _param_value(gm, args[1]), _param_value(gm, args[2])
+        if weight is not None and args[6] == c and tuple(weight.shape[:2]) == (c, 1) and \
+                (args[2] is None or bias is not None):
+            return [weight, bias]
+    return None
+
+
+def _conv_args(node: torch.fx.Node) -> list:
+    """aten.conv2d's arguments with the defaults filled in: x, weight, bias, stride, padding, dilation, groups."""
+    return list(node.args) + [None, [1, 1], [0, 0], [1, 1], 1][len(node.args) - 2:]
+
+
+def _dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped conv's weight (out, in/groups, kh, kw) as the dense (out, in, kh, kw) one."""
+    if groups == 1:
+        return weight
+    out, per_in = int(weight.shape[0]), int(weight.shape[1])
+    per_out = out // groups
+    dense = weight.new_zeros(out, per_in * groups, *weight.shape[2:])
+    for k in range(groups):
+        dense[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = weight[k * per_out:(k + 1) * per_out]
+    return dense
+
+
+def _permute_chain(gm: torch.fx.GraphModule, chain: list[tuple[torch.fx.Node, list]], index: torch.Tensor) -> None:
+    """Reorder the per-channel parameters of each node of ``chain`` by ``index``."""
+    for node, params in chain:
+        if not params:
+            continue
+        with gm.graph.inserting_before(node):
+            new = [None if p is None else _constant(gm, p[index], "shuffled") for p in params]
+        k = len(params)
+        node.args = (node.args[0], *new, *node.args[1 + k:])
+
+
+def _shuffle_into_producer(gm: torch.fx.GraphModule, x: torch.fx.Node, perm: torch.Tensor) -> bool:
+    """Make the conv that ``x`` comes from (through per-channel ops) emit its channels shuffled."""
+    aten = torch.ops.aten
+    c = len(perm)
+    chain, conv = [], x
+    while isinstance(conv, torch.fx.Node) and len(conv.users) == 1:
+        params = _per_channel(gm, conv, c)
+        if params is None:
+            break
+        chain.append((conv, params))
+        conv = conv.args[0]
+    if not (isinstance(conv, torch.fx.Node) and conv.op == "call_function" and conv.target is aten.conv2d.default
+            and not conv.kwargs and len(conv.users) == 1 and _per_channel(gm, conv, c) is None):
+        return False
+    args = _conv_args(conv)
+    weight, bias = _param_value(gm, args[1]), _param_value(gm, args[2])
+    if weight is None or (args[2] is not None and bias is None) or int(weight.shape[0]) != c:
+        return False
+    with gm.graph.inserting_before(conv):
+        args[1] = _constant(gm, _dense(weight, int(args[6]))[perm], "shuffled_weight")
+        args[2] = None if bias is None else _constant(gm, bias[perm], "shuffled_bias")
+    args[6] = 1
+    conv.args = tuple(args)
+    _permute_chain(gm, chain, perm)
+    return True
+
+
+def _shuffle_into_consumer(gm: torch.fx.GraphModule, merge: torch.fx.Node, perm: torch.Tensor) -> bool:
+    """Make the conv that reads the shuffled tensor (through per-channel ops) take it unshuffled."""
+    aten = torch.ops.aten
+    c = len(perm)
+    chain, node = [], merge
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.args[0] is not node:
+            return False
+        params = _per_channel(gm, user, c)
+        if params is None:
+            break
+        chain.append((user, params))
+        node = user
+    if len(node.users) != 1:
+        return False
+    conv = next(iter(node.users))
+    if not (conv.op == "call_function" and conv.target is aten.conv2d.default and not conv.kwargs
+            and conv.args[0] is node):
+        return False
+    args = _conv_args(conv)
+    weight = _param_value(gm, args[1])
+    if weight is None or int(weight.shape[1]) * int(args[6]) != c or (c > 1 and int(args[6]) == c):
+        return False
+    inverse = torch.argsort(perm)  # the tensors on the way hold x[i] where they held shuffled[inverse[i]]
+    with gm.graph.inserting_before(conv):
+        args[1] = _constant(gm, _dense(weight, int(args[6]))[:, inverse], "shuffled_weight")
+    args[6] = 1
+    conv.args = tuple(args)
+    _permute_chain(gm, chain, inverse)
+    return True
+
+
 def _replace(gm: torch.fx.GraphModule, node: torch.fx.Node, build, *, inplace_arg: Any = None) -> None:
     """Insert ``build(graph)`` before ``node``, move its uses to the result and drop ``node``. For an
     in-place op (``inplace_arg`` = the tensor it mutated) later readers of that tensor move too."""
@@ -551,6 +709,10 @@ def _prepared(model: nn.Module, example_nchw: torch.Tensor, layout: str,
     with torch.no_grad():
         program = torch.export.export(wrapper, (example,), strict=False)
     gm = _rewrite_for_nhwc(program.module())
+    if _fold_channel_shuffles(gm):
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
     for sub in gm.modules():  # the graph was exported in eval mode already; the flag only quiets
         sub.training = False  # litert-torch's warning (GraphModule.eval() is refused for exported graphs)
     if int8_rewrites and sum(rewrite(gm) for rewrite in _INT8_REWRITES):

@@ -305,7 +305,7 @@ def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled,
     parity measured while choosing the calibration when the file is that int8 one."""
     files, tries, parity = _calibrated(make, holdout, reference, s)
     precision, exp, extra = _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
-    return precision, exp, extra, parity if exp is files.int8 else None
+    return precision, files.finish(exp), extra, parity if exp is files.int8 else None
 
 
 def _calibrated(make, holdout: np.ndarray, reference: np.ndarray,
@@ -350,10 +350,15 @@ class _OnnxFiles:
 
     def final(self, layers) -> Any:
         from .exporters.onnx import quantize_onnx_int8
+        return quantize_onnx_int8(self.fp32, self.calib, method=self.s.calib_method, speed_check=False,
+                                  float_nodes=[n for layer in layers for n in layer.nodes])
+
+    def finish(self, exp: Any) -> Any:
+        """The file kept, timed against fp32 (only this one: not every calibration or fallback tried)."""
+        from .exporters.onnx import with_speed_check
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the slower-int8 note goes into the manifest
-            return quantize_onnx_int8(self.fp32, self.calib, method=self.s.calib_method,
-                                      float_nodes=[n for layer in layers for n in layer.nodes])
+            return with_speed_check(self.fp32, exp, self.calib[:1])
 
     def variant(self, layers) -> Any:
         """The mixed file's function, quantized with the int8 file's ranges (what ``final`` recomputes)."""
@@ -387,6 +392,9 @@ class _TfliteFiles:
         from .exporters.tflite import quantize_tflite
         return quantize_tflite(self.plan, io_dtype=self.s.io_dtype,
                                float_ops=[n for layer in layers for n in layer.nodes])
+
+    def finish(self, exp: Any) -> Any:
+        return exp
 
     def variant(self, layers) -> Any:
         exp = self.final(layers)

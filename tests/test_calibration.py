@@ -394,6 +394,27 @@ def test_observer_memory_is_bounded_and_rebinning_exact():
     assert hi == pytest.approx(np.quantile(whole, 0.99), rel=0.02)
 
 
+def test_minmax_observes_without_a_histogram():
+    """MinMax needs only the extremes, so ranges_for_arrays builds no histogram for it (the costly
+    part of calibrating a 224 px network); the ranges are those of a full observer."""
+    rng = np.random.default_rng(9)
+    batches = [{"a": rng.normal(scale=1 + i, size=(8, 16)), "b": np.maximum(rng.normal(size=40), 0)} for i in range(4)]
+    full = {}
+    for k in ("a", "b"):
+        obs = RangeObserver(k)
+        for b in batches:
+            obs.update(b[k])
+        full[k] = MinMax().compute(obs, symmetric=False)
+    assert ranges_for_arrays(iter(batches), "minmax") == full
+    light = RangeObserver("a", histogram=False)
+    light.update(batches[0]["a"])
+    assert (light.min, light.max, light.count) == (batches[0]["a"].min(), batches[0]["a"].max(), 128)
+    with pytest.raises(ValueError, match="'a': this observer keeps min / max only"):
+        Percentile().compute(light, symmetric=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        light.update(np.array([np.nan]))
+
+
 def test_batch_forms_agree_and_method_names():
     rng = np.random.default_rng(8)
     batches = [{"a": rng.normal(size=100), "b": rng.uniform(size=50)} for _ in range(3)]

@@ -48,7 +48,8 @@ _CHUNK = 1 << 20  # elements converted to float64 at a time, so a large activati
 # ---- observer ----------------------------------------------------------------------------------
 
 class RangeObserver:
-    """Running min / max and a fixed-size, exactly re-binned histogram of one tensor's values.
+    """Running min / max and a fixed-size, exactly re-binned histogram of one tensor's values
+    (``histogram=False`` keeps min / max only: what MinMax reads, at a fraction of the cost).
 
     >>> obs = RangeObserver("conv1")
     >>> obs.update(np.array([0.0, 1.0, 2.0])); obs.update(np.array([-4.0]))
@@ -56,11 +57,12 @@ class RangeObserver:
     (-4.0, 2.0, 4)
     """
 
-    def __init__(self, name: str = "tensor", *, bins: int = 8192):
+    def __init__(self, name: str = "tensor", *, bins: int = 8192, histogram: bool = True):
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 64:
             raise ValueError(f"observer bins {bins!r} must be a whole number >= 64")
         self.name = name
         self.bins = bins
+        self.keeps_histogram = bool(histogram)
         self.count = 0
         self.zeros = 0       # exact zeros (ReLU outputs) are counted here, not in _counts
         self.batches = 0
@@ -78,6 +80,11 @@ class RangeObserver:
         flat = x.reshape(-1)
         self._check_finite(flat, x.shape)
         bmin, bmax = float(flat.min()), float(flat.max())
+        if not self.keeps_histogram:
+            self.min, self.max = min(self.min, bmin), max(self.max, bmax)
+            self.count += flat.size
+            self.batches += 1
+            return
         if self._width == 0.0 or self.min == self.max:   # no values yet, or one constant: (re)start the grid
             self._restart_grid(min(bmin, self.min), max(bmax, self.max))
         elif bmin < self._lo or bmax > self._hi:
@@ -101,6 +108,9 @@ class RangeObserver:
         ``exclude_zeros`` leaves exact zeros out: every range holds 0 exactly, so they have no
         quantization error, and spread over their bin they would mislead the KL / MSE searches."""
         self._require_data()
+        if not self.keeps_histogram:
+            raise ValueError(f"tensor {self.name!r}: this observer keeps min / max only (histogram=False); "
+                             f"build it with histogram=True for a histogram-based range estimator")
         edges = self._lo + self._width * np.arange(self.bins + 1, dtype=np.float64)
         edges = np.clip(edges, self.min, self.max)
         counts = self._counts.astype(np.float64)
@@ -165,6 +175,7 @@ class RangeEstimator:
     """Base of the estimator configs; subclasses are frozen dataclasses."""
 
     name: ClassVar[str] = ""
+    needs_histogram: ClassVar[bool] = True  # False: min / max alone decide the range
 
     def compute(self, observer: RangeObserver, *, symmetric: bool) -> tuple[float, float]:
         observer._require_data()
@@ -190,6 +201,7 @@ class MinMax(RangeEstimator):
     """
 
     name: ClassVar[str] = "minmax"
+    needs_histogram: ClassVar[bool] = False
 
     def _compute(self, observer, symmetric):
         return observer.min, observer.max
@@ -342,7 +354,7 @@ def ranges_for_arrays(named_arrays: Mapping[str, Iterable[Any]] | Iterable[Mappi
 
     def observe(name: str, x: Any) -> None:
         if name not in observers:
-            observers[name] = RangeObserver(name, bins=bins)
+            observers[name] = RangeObserver(name, bins=bins, histogram=estimator.needs_histogram)
         observers[name].update(x)
 
     if isinstance(named_arrays, Mapping):

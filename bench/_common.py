@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -215,6 +215,31 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def alternating_times(calls: Sequence[Callable[[], Any]], *, runs: int, warmup: int, pin: bool) -> list[np.ndarray]:
+    """Seconds of each call over ``runs`` rounds in which every call runs once, the order reversed
+    every other round, after ``warmup`` runs of each, so load from other processes falls on all
+    alike; ``pin`` keeps this process on one core meanwhile (where the OS allows it)."""
+    pin = pin and hasattr(os, "sched_setaffinity")
+    before = os.sched_getaffinity(0) if pin else None
+    if pin:
+        os.sched_setaffinity(0, {max(before)})
+    times: list[list[int]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    try:
+        for call in calls:
+            for _ in range(warmup):
+                call()
+        for k in range(runs):
+            for i in (order if k % 2 == 0 else order[::-1]):
+                t0 = time.perf_counter_ns()
+                calls[i]()
+                times[i].append(time.perf_counter_ns() - t0)
+    finally:
+        if pin:
+            os.sched_setaffinity(0, before)
+    return [np.asarray(t, dtype=np.float64) / 1e9 for t in times]
 
 
 def fingerprint(argv: list[str]) -> dict[str, Any]:

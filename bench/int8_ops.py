@@ -7,7 +7,8 @@ block's own inputs from Fashion-MNIST images) and timed, fp32 and int8 alternate
 core at 1 thread; a part's time is the difference between its cut and the one before. Blocks of one
 level share shapes and dilations, so one block per level is timed and counted as many times as the
 level has blocks. The fixed cost of an invoke (a one-value model, converted and timed the same
-way) is taken off the first part. The whole network is timed the same way, for the share the EESP parts take of it.
+way) is taken off the first part. The whole network is timed the same way, for the share the EESP
+parts take of it.
 
 Times are the 10th percentile of the alternating runs (what the host's other load adds to least):
 
@@ -19,9 +20,7 @@ Writes bench/results/int8_ops-<model>-<side>.json and .md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench._common import RESULTS, captured, fingerprint, write_json  # noqa: E402
+from bench._common import RESULTS, alternating_times, captured, fingerprint, write_json  # noqa: E402
 
 PARTS = ("reduce (grouped 1x1 + BN + PReLU)", "branches (dilated DW 3x3 + HFF adds + concat)",
          "BN + PReLU after the concat", "expand (grouped 1x1 + BN)", "residual add + PReLU")
@@ -87,21 +86,8 @@ def paired_p10(fp32: bytes, int8: bytes, runs: int, warmup: int = 100) -> tuple[
             x = rng.integers(-100, 100, d["shape"]).astype(d["dtype"])
         it.set_tensor(d["index"], x)
         its.append(it)
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(before)})
-    times: list[list[int]] = [[], []]
-    try:
-        for it in its:
-            for _ in range(warmup):
-                it.invoke()
-        for k in range(runs):
-            for i in ((0, 1) if k % 2 == 0 else (1, 0)):
-                t0 = time.perf_counter_ns()
-                its[i].invoke()
-                times[i].append(time.perf_counter_ns() - t0)
-    finally:
-        os.sched_setaffinity(0, before)
-    return tuple(float(np.percentile(t, 10)) / 1e3 for t in times)  # type: ignore[return-value]
+    times = alternating_times([it.invoke for it in its], runs=runs, warmup=warmup, pin=True)
+    return tuple(float(np.percentile(t, 10)) * 1e6 for t in times)  # type: ignore[return-value]
 
 
 def convert(module: nn.Module, inputs: torch.Tensor) -> tuple[bytes, bytes, dict[str, int]]:

@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import (FAMILIES, OUT, QUICK_FAMILIES, RESULTS, ROOT, TrainSettings, captured,  # noqa: E402
-                           family_of, fingerprint, first_line, trained_model, write_json)
+from bench._common import (FAMILIES, OUT, QUICK_FAMILIES, RESULTS, ROOT, TrainSettings,  # noqa: E402
+                           alternating_times, captured, family_of, fingerprint, first_line, trained_model,
+                           write_json)
 
 DROP_TARGET = {False: 0.5, True: 1.0}  # points; True = hard-swish / SE family
 TFLITE_SPEEDUP_TARGET = 1.5
@@ -87,22 +88,7 @@ def paired_latency(fp32: Path, int8: Path, manifests: tuple[dict | None, dict | 
     for r in runners:
         r.feed([_layout_fn(r, x0.shape[1:])(x0)])  # input set once, outside the timed region
     pin = threads == 1 and hasattr(os, "sched_setaffinity")
-    before = os.sched_getaffinity(0) if pin else None
-    if pin:
-        os.sched_setaffinity(0, {max(before)})
-    times: list[list[float]] = [[], []]
-    try:
-        for r in runners:
-            for _ in range(warmup):
-                r.invoke()
-        for k in range(runs):
-            for i in ((0, 1) if k % 2 == 0 else (1, 0)):
-                t0 = time.perf_counter()
-                runners[i].invoke()
-                times[i].append(time.perf_counter() - t0)
-    finally:
-        if pin:
-            os.sched_setaffinity(0, before)
+    times = alternating_times([r.invoke for r in runners], runs=runs, warmup=warmup, pin=pin)
     stats = []
     for t in times:
         ms = np.asarray(t) * 1e3

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
+from .._checks import is_count
 from ..models.arch import ArchSpec, from_arch
 from .lut import Lut, LutError, load_lut, save_lut
 from .predict import with_overhead
@@ -154,7 +155,7 @@ def local_fingerprint(runtime: str, threads: int) -> dict[str, Any]:
 
 def _check_runs(threads: int, runs: int, warmup: int) -> None:
     for label, v, low in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if not is_count(v, low):
             raise ValueError(f"{label}={v!r} must be an int >= {low}")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._checks import check_count
 from .build import Measure, NetworkUnit
 from .lut import Lut
 from .predict import fit_overhead, mape, predict
@@ -87,10 +88,8 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
     model for the held-out part; it needs ``samples - fit >= 2``, else the held-out part is omitted
     with the reason. The networks go to ``measure`` ``chunk`` at a time (a timer with several passes
     sweeps one chunk repeatedly)."""
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk {chunk!r} must be an int >= 1")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples {samples!r} must be an int >= 2")
+    check_count("chunk", chunk)
+    check_count("samples", samples, minimum=2)
     fit = max(2, samples // 3) if fit is None else fit
     if fit < 2:
         raise ValueError(f"fit {fit} must be >= 2 (the overhead model has two parameters)")

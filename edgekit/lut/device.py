@@ -51,6 +51,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_count
 from .build import NetworkUnit, Unit
 from .lut import STATISTICS, LutMismatchError
 from .space import BlockSig, FBNetV1Space
@@ -98,10 +99,8 @@ class DeviceTimer:
         from ..devices import open_device
         from ..devices.stats import Protocol
 
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers {workers!r} must be an int >= 1")
-        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-            raise ValueError(f"passes {passes!r} must be an int >= 1")
+        check_count("workers", workers)
+        check_count("passes", passes)
         if statistic not in STATISTICS:
             raise ValueError(f"statistic {statistic!r} is not one of {sorted(STATISTICS)}")
         self.passes, self.statistic = passes, statistic
@@ -271,8 +270,7 @@ class UnitExporter:
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision {precision!r} must be fp32 or int8")
         for label, v in (("calib_samples", calib_samples), ("run_samples", run_samples)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} {v!r} must be an int >= 1")
+            check_count(label, v)
         self.space, self.format, self.precision = space, format, precision
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._checks import check_count
 from ..exporters.artifact import atomic_write_bytes
 
 __all__ = ["Lut", "LutError", "LutMismatchError", "load_lut", "save_lut", "FORMATS", "PRECISIONS",
@@ -145,8 +146,7 @@ def _check_header(lut: Lut) -> None:
         raise LutError(f"LUT format {lut.format!r} must be one of {FORMATS}")
     if lut.precision not in PRECISIONS:
         raise LutError(f"LUT precision {lut.precision!r} must be one of {PRECISIONS}")
-    if isinstance(lut.threads, bool) or not isinstance(lut.threads, int) or lut.threads < 1:
-        raise LutError(f"LUT threads {lut.threads!r} must be an int >= 1")
+    check_count("LUT threads", lut.threads, error=LutError)
     if not isinstance(lut.space, Mapping) or not isinstance(lut.space.get("name"), str):
         raise LutError("LUT space must be an object with the space's \"name\" and knobs")
     if not isinstance(lut.device, Mapping) or not lut.device:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._checks import check_count
 from ..models.arch import ArchSpec, BlockSpec, BuildContext, ClassifierHead, HeadSpec, StemSpec, build_block
 from ..models.fbnet import get_divisible_by
 from ..models.layers import ConvBNAct
@@ -249,8 +250,7 @@ class FBNetV1Space:
         for label, v in (("resolution", self.resolution), ("in_chans", self.in_chans),
                          ("num_classes", self.num_classes), ("head_channels", self.head_channels),
                          ("stem_channels", self.stem_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"space {label} {v!r} must be an int >= 1")
+            check_count(f"space {label}", v)
         if not self.width > 0:
             raise ValueError(f"space width {self.width!r} must be > 0")
         if not self.stages:

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .._checks import is_count
+
 __all__ = ["ModelCfg", "register_model", "create_model", "list_models", "get_cfg", "resolve_resolution"]
 
 
@@ -114,7 +116,7 @@ def resolve_resolution(cfg: ModelCfg, resolution: int | tuple[int, int] | list[i
 
 def _check_overrides(cfg: ModelCfg, num_classes: int, in_chans: int, width: float | None) -> None:
     for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value):
             raise ValueError(f"{label}={value!r} is invalid for {cfg.name}: it must be an int >= 1")
     if width is not None:
         if cfg.width is None:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_count
 from ..calibration.data import load_dataset, preprocess, preprocessing_for
 from ..exporters.artifact import atomic_write_bytes
 from ..lut.lut import Lut
@@ -85,8 +86,7 @@ class DnasConfig:
 
     def __post_init__(self):
         for label, v in (("epochs", self.epochs), ("batch_size", self.batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} {v!r} must be an int >= 1")
+            check_count(label, v)
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} must be in [0, epochs={self.epochs}) so theta "
                              f"trains at least one epoch")
@@ -120,13 +120,55 @@ class DnasConfig:
         return self.tau0 * math.exp(-self.tau_decay * epoch)
 
 
+# ---- latency table -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LatencyTable:
+    """The LUT latencies of a space: ``fixed_ms`` (stem + head, which every point runs) and
+    ``per_layer`` (layers, candidates) in ms, candidates in :data:`CANDIDATES` order. A point's
+    latency here is ``fixed_ms`` plus its layers' entries, added in that order."""
+
+    fixed_ms: float
+    per_layer: np.ndarray
+
+    def __post_init__(self):
+        per_layer = np.array(self.per_layer, dtype=np.float64)  # a read-only copy
+        if per_layer.ndim != 2:
+            raise ValueError(f"per_layer has shape {per_layer.shape}, expected (layers, candidates)")
+        per_layer.setflags(write=False)
+        object.__setattr__(self, "fixed_ms", float(self.fixed_ms))
+        object.__setattr__(self, "per_layer", per_layer)
+
+    @classmethod
+    def of(cls, space: FBNetV1Space, lut: Lut) -> "LatencyTable":
+        """Look every stem / head / candidate entry of ``space`` up in ``lut`` (a missing one is an error)."""
+        fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
+        return cls(fixed, [lookup(space.layer_signatures(layer), lut) for layer in space.layers])
+
+    def fastest(self) -> tuple[tuple[str, ...], float]:
+        """The fastest point (per-layer minimum) and its latency."""
+        picks = [int(np.argmin(ms)) for ms in self.per_layer]
+        total = self.fixed_ms
+        for ms, i in zip(self.per_layer, picks):
+            total += float(ms[i])
+        return tuple(CANDIDATES[i] for i in picks), float(total)
+
+    def slowest_ms(self) -> float:
+        """The latency of the slowest point (per-layer maximum)."""
+        return float(self.fixed_ms + sum(float(ms.max()) for ms in self.per_layer))
+
+
 # ---- supernet ----------------------------------------------------------------------------------
 
 class SuperNet(nn.Module):
-    """Stem -> per layer the Gumbel-weighted sum of all candidates -> head; ``theta`` is (layers, 9)."""
+    """Stem -> per layer the Gumbel-weighted sum of all candidates -> head; ``theta`` is (layers, 9).
 
-    def __init__(self, space: FBNetV1Space, lut: Lut):
+    ``table`` (default: looked up from ``lut``) gives the latencies."""
+
+    def __init__(self, space: FBNetV1Space, lut: Lut, *, table: LatencyTable | None = None):
         super().__init__()
+        if table is None:
+            table = LatencyTable.of(space, lut)
         self.space = space
         self.stem = space.stem_signature().module().train()
         self.layers = nn.ModuleList(
@@ -134,10 +176,8 @@ class SuperNet(nn.Module):
             for layer in space.layers)
         self.head = space.head_signature().module().train()
         self.theta = nn.Parameter(torch.zeros(len(space.layers), len(CANDIDATES)))
-        per_layer = [lookup(space.layer_signatures(layer), lut) for layer in space.layers]
-        fixed = lookup([space.stem_signature(), space.head_signature()], lut)
-        self.register_buffer("lat", torch.tensor(per_layer, dtype=torch.float64).float())  # (L, 9) ms
-        self.fixed_ms = float(sum(fixed))
+        self.register_buffer("lat", torch.tensor(table.per_layer, dtype=torch.float64).float())  # (L, 9) ms
+        self.fixed_ms = table.fixed_ms
 
     def weights(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name != "theta"]
@@ -162,20 +202,12 @@ class SuperNet(nn.Module):
 
 def fastest_choices(space: FBNetV1Space, lut: Lut) -> tuple[tuple[str, ...], float]:
     """The fastest point of the space by the LUT (per-layer minimum) and its plain-sum latency."""
-    fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
-    choices, total = [], fixed
-    for layer in space.layers:
-        ms = lookup(space.layer_signatures(layer), lut)
-        i = int(np.argmin(ms))
-        choices.append(CANDIDATES[i])
-        total += ms[i]
-    return tuple(choices), float(total)
+    return LatencyTable.of(space, lut).fastest()
 
 
 def slowest_point_ms(space: FBNetV1Space, lut: Lut) -> float:
     """The plain-sum latency of the slowest point of the space by the LUT (per-layer maximum)."""
-    fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
-    return float(fixed + sum(max(lookup(space.layer_signatures(layer), lut)) for layer in space.layers))
+    return LatencyTable.of(space, lut).slowest_ms()
 
 
 # ---- search ------------------------------------------------------------------------------------
@@ -230,21 +262,22 @@ def search(space: FBNetV1Space, lut: Lut, *, data: str = "fashion-mnist", config
 
     A target below the fastest point of the space returns the fastest point at once, saying so."""
     _check_lut_space(space, lut)
-    early = _below_fastest(space, lut, config)
+    table = LatencyTable.of(space, lut)
+    early = _below_fastest(space, lut, table, config)
     if early is not None:
         return early
     x, y = load_arrays(space, data, config.limit)
-    return search_arrays(space, lut, x, y, config=config, progress=progress)
+    return _search(space, lut, table, x, y, config, progress)
 
 
-def _below_fastest(space: FBNetV1Space, lut: Lut, config: DnasConfig) -> SearchResult | None:
-    fastest, fast_ms = fastest_choices(space, lut)
+def _below_fastest(space: FBNetV1Space, lut: Lut, table: LatencyTable, config: DnasConfig) -> SearchResult | None:
+    fastest, fast_ms = table.fastest()
     if config.target_ms is None or config.target_ms >= fast_ms:
         return None
     spec = space.spec(fastest, name=f"{space.name}-fastest")
     note = (f"target {config.target_ms:g} ms is below the fastest point of the space ({fast_ms:.4g} ms by the "
             f"LUT's plain sum): no search can reach it, so this is the fastest point")
-    return SearchResult(spec, fastest, predict(spec, lut), config.target_ms, fast_ms, slowest_point_ms(space, lut),
+    return SearchResult(spec, fastest, predict(spec, lut), config.target_ms, fast_ms, table.slowest_ms(),
                         notes=(note,), config=_config_dict(config))
 
 
@@ -269,16 +302,24 @@ def search_arrays(space: FBNetV1Space, lut: Lut, x: np.ndarray, y: np.ndarray, *
                   progress: Callable[[dict[str, float]], None] | None = None) -> SearchResult:
     """DNAS on preprocessed NCHW ``x`` (float32) and labels ``y``."""
     _check_lut_space(space, lut)
-    early = _below_fastest(space, lut, config)
+    table = LatencyTable.of(space, lut)
+    early = _below_fastest(space, lut, table, config)
     if early is not None:
         return early
+    return _search(space, lut, table, x, y, config, progress)
+
+
+def _search(space: FBNetV1Space, lut: Lut, table: LatencyTable, x: np.ndarray, y: np.ndarray, config: DnasConfig,
+            progress: Callable[[dict[str, float]], None] | None) -> SearchResult:
+    """The search itself, after the LUT's space and the target's reachability were checked."""
     if x.ndim != 4 or tuple(x.shape[1:]) != (space.in_chans, space.resolution, space.resolution):
         raise ValueError(f"inputs of shape {x.shape} do not match the space's (N, {space.in_chans}, "
                          f"{space.resolution}, {space.resolution})")
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    net = SuperNet(space, lut)
-    _, fast_ms = fastest_choices(space, lut)
+    net = SuperNet(space, lut, table=table)
+    _, fast_ms = table.fastest()
+    slowest_ms = table.slowest_ms()
     unit = config.latency_unit_ms or fast_ms / math.e
     w_idx, t_idx = _split(len(x), config)
     if min(len(w_idx), len(t_idx)) < config.batch_size:
@@ -308,12 +349,13 @@ def search_arrays(space: FBNetV1Space, lut: Lut, x: np.ndarray, y: np.ndarray, *
     argmax = net.choices()
     choices, derive_note = argmax, None
     if config.target_ms is not None and config.derive == "budget":
-        choices, derive_note = _derive_budget(space, lut, net.theta.detach().double().log_softmax(-1).numpy(),
+        choices, derive_note = _derive_budget(space, lut, table, slowest_ms,
+                                              net.theta.detach().double().log_softmax(-1).numpy(),
                                               config.target_ms, config.band, argmax)
     spec = space.spec(choices)
     prediction = predict(spec, lut)
-    notes = _notes(prediction, config, slowest_point_ms(space, lut)) + ((derive_note,) if derive_note else ())
-    return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, slowest_point_ms(space, lut),
+    notes = _notes(prediction, config, slowest_ms) + ((derive_note,) if derive_note else ())
+    return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, slowest_ms,
                         tuple(history), tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()),
                         notes, time.perf_counter() - start, _config_dict(config), argmax, _plain(space, argmax, lut))
 
@@ -326,27 +368,39 @@ def most_likely_within(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, low
     A multiple-choice knapsack solved by dynamic programming over the layers on a grid of
     ``(high - fixed) / 4000`` ms. The grid rounds each layer's latency; the window is shrunk by the
     worst accumulated rounding, so the returned point is always inside it."""
+    log_probs = _log_probs(log_probs, (len(space.layers), len(CANDIDATES)))
+    return _most_likely_within(LatencyTable.of(space, lut), log_probs, low_ms, high_ms)
+
+
+def _log_probs(log_probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     log_probs = np.asarray(log_probs, dtype=np.float64)
-    if log_probs.shape != (len(space.layers), len(CANDIDATES)):
-        raise ValueError(f"log_probs has shape {log_probs.shape}, expected ({len(space.layers)}, {len(CANDIDATES)})")
-    fixed = sum(lookup([space.stem_signature(), space.head_signature()], lut))
-    lat = np.array([lookup(space.layer_signatures(layer), lut) for layer in space.layers], dtype=np.float64)
+    if log_probs.shape != shape:
+        raise ValueError(f"log_probs has shape {log_probs.shape}, expected ({', '.join(map(str, shape))})")
+    return log_probs
+
+
+def _most_likely_within(table: LatencyTable, log_probs: np.ndarray, low_ms: float,
+                        high_ms: float) -> tuple[str, ...] | None:
+    """:func:`most_likely_within` over ``table``."""
+    log_probs = _log_probs(log_probs, table.per_layer.shape)
+    fixed, lat = table.fixed_ms, table.per_layer
+    n_layers, n_candidates = lat.shape
     budget = high_ms - fixed
     if budget <= 0 or high_ms < low_ms:
         return None
     step = budget / 4000
     ticks = np.rint(lat / step).astype(np.int64)  # (L, 9)
-    slack = len(space.layers) * 0.5  # worst rounding of the sum, in ticks
+    slack = n_layers * 0.5  # worst rounding of the sum, in ticks
     hi = int(math.floor(budget / step - slack))
     lo = max(0, int(math.ceil((low_ms - fixed) / step + slack)))
     if hi < lo:
         return None
     cost = np.full(hi + 1, np.inf)
     cost[0] = 0.0
-    pick = np.zeros((len(space.layers), hi + 1), dtype=np.int8)
-    for l in range(len(space.layers)):
+    pick = np.zeros((n_layers, hi + 1), dtype=np.int8)
+    for l in range(n_layers):
         best = np.full(hi + 1, np.inf)
-        for i in range(len(CANDIDATES)):
+        for i in range(n_candidates):
             k = ticks[l, i]
             if k > hi or not np.isfinite(log_probs[l, i]):
                 continue
@@ -361,25 +415,25 @@ def most_likely_within(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, low
         return None
     at = lo + int(np.argmin(window))
     out = []
-    for l in reversed(range(len(space.layers))):
+    for l in reversed(range(n_layers)):
         i = int(pick[l, at])
         out.append(CANDIDATES[i])
         at -= ticks[l, i]
     return tuple(reversed(out))
 
 
-def _derive_budget(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, target_ms: float, band: float,
-                   argmax: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+def _derive_budget(space: FBNetV1Space, lut: Lut, table: LatencyTable, slowest_ms: float, log_probs: np.ndarray,
+                   target_ms: float, band: float, argmax: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
     argmax_ms = _plain(space, argmax, lut)
     low = target_ms * (1 - band)
     if low <= argmax_ms <= target_ms:
         return argmax, None
-    if target_ms >= slowest_point_ms(space, lut):
+    if target_ms >= slowest_ms:
         return argmax, None
-    choices = most_likely_within(space, lut, log_probs, low, target_ms)
+    choices = _most_likely_within(table, log_probs, low, target_ms)
     window = f"[{low:.4g}, {target_ms:.4g}] ms"
     if choices is None:  # the window falls between the space's points: the most likely one below T
-        choices, window = most_likely_within(space, lut, log_probs, 0.0, target_ms), f"<= {target_ms:.4g} ms"
+        choices, window = _most_likely_within(table, log_probs, 0.0, target_ms), f"<= {target_ms:.4g} ms"
     if choices is None:  # cannot happen above the fastest point, which the search checked first
         raise ValueError(f"no point of the space predicts {window}")
     return choices, (f"the most likely candidates (argmax) predict {argmax_ms:.4g} ms; derived the most likely "

@@ -36,6 +36,8 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
+from .._checks import is_count
+
 __all__ = ["RangeObserver", "RangeEstimator", "MinMax", "Percentile", "Entropy", "MSE", "METHODS",
            "method_from_name", "ranges_for_arrays", "scale_zero_point", "fake_quantize", "quantization_mse",
            "MIN_WIDTH"]
@@ -58,7 +60,7 @@ class RangeObserver:
     """
 
     def __init__(self, name: str = "tensor", *, bins: int = 8192, histogram: bool = True):
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 64:
+        if not is_count(bins, 64):
             raise ValueError(f"observer bins {bins!r} must be a whole number >= 64")
         self.name = name
         self.bins = bins
@@ -80,11 +82,15 @@ class RangeObserver:
         flat = x.reshape(-1)
         self._check_finite(flat, x.shape)
         bmin, bmax = float(flat.min()), float(flat.max())
-        if not self.keeps_histogram:
-            self.min, self.max = min(self.min, bmin), max(self.max, bmax)
-            self.count += flat.size
-            self.batches += 1
-            return
+        if self.keeps_histogram:
+            self._histogram_add(flat, bmin, bmax)
+        self.min, self.max = min(self.min, bmin), max(self.max, bmax)
+        self.count += flat.size
+        self.batches += 1
+
+    def _histogram_add(self, flat: np.ndarray, bmin: float, bmax: float) -> None:
+        """Count ``flat`` (whose extremes are ``bmin``, ``bmax``) into the histogram, the grid widened
+        first when the values fall outside it; called before ``min`` / ``max`` take the batch in."""
         if self._width == 0.0 or self.min == self.max:   # no values yet, or one constant: (re)start the grid
             self._restart_grid(min(bmin, self.min), max(bmax, self.max))
         elif bmin < self._lo or bmax > self._hi:
@@ -94,10 +100,7 @@ class RangeObserver:
             chunk = chunk[chunk != 0]                                  # exact zeros are counted apart
             idx = np.floor((chunk - self._lo) / self._width).astype(np.int64)
             self._counts += np.bincount(np.clip(idx, 0, self.bins - 1), minlength=self.bins)
-        self.min, self.max = min(self.min, bmin), max(self.max, bmax)
         self.zeros += int(flat.size - np.count_nonzero(flat))
-        self.count += flat.size
-        self.batches += 1
 
     @property
     def _hi(self) -> float:
@@ -252,7 +255,7 @@ class Entropy(RangeEstimator):
 
     def __post_init__(self):
         for label, v in (("bins", self.bins), ("quant_levels", self.quant_levels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+            if not is_count(v, 2):
                 raise ValueError(f"entropy {label} {v!r} must be a whole number >= 2")
         if self.bins < self.quant_levels:
             raise ValueError(f"entropy bins {self.bins} must be >= quant_levels {self.quant_levels}, "
@@ -299,8 +302,7 @@ class MSE(RangeEstimator):
     name: ClassVar[str] = "mse"
 
     def __post_init__(self):
-        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) \
-                or not 2 <= self.candidates <= 10_000:
+        if not is_count(self.candidates, 2) or self.candidates > 10_000:
             raise ValueError(f"mse candidates {self.candidates!r} must be a whole number in [2, 10000], e.g. 100")
 
     def _compute(self, observer, symmetric):

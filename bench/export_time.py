@@ -33,7 +33,7 @@ def _children_cpu() -> float:
 
 def measure(model_name: str, resolution: int, sequential: bool = False) -> dict:
     from edgekit._background import usable_cpus
-    from edgekit.export import ExportSettings, _parallel, export
+    from edgekit.export import ExportSettings, converts_in_parallel, export
     from edgekit.models import create_model
     t_import = time.perf_counter() - T_PROCESS
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def measure(model_name: str, resolution: int, sequential: bool = False) -> dict:
         # files: on a shared machine the wall time above includes waiting for a core; this is what the
         # export costs when it has the cores to itself
         doc["export_cpu_seconds"] = round(time.process_time() - c0 + _children_cpu() - k0, 2)
-        doc["parallel"] = _parallel(settings, torch.zeros(1, *model.default_cfg["input_size"]))
+        doc["parallel"] = converts_in_parallel(settings, torch.zeros(1, *model.default_cfg["input_size"]))
         doc["usable_cpus"] = usable_cpus()
         doc["loadavg_during"] = [load0, list(os.getloadavg())]
         doc["files"] = {f"{f.artifact.manifest.format}-{f.artifact.manifest.precision}":

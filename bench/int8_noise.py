@@ -42,8 +42,8 @@ from bench._common import (FAMILIES, RESULTS, TrainSettings, captured, family_of
 def logits(model, x: np.ndarray) -> np.ndarray:
     """``model`` (ONNX bytes or proto) run one image at a time, 1 thread; edgekit's session keeps
     ORT's warnings down (a graph with pairs taken out leaves unused scales, one warning each)."""
-    from edgekit.exporters.onnx import _session
-    sess = _session(model if isinstance(model, bytes) else model.SerializeToString(), threads=1)
+    from edgekit.exporters.onnx import inference_session
+    sess = inference_session(model if isinstance(model, bytes) else model.SerializeToString(), threads=1)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 

@@ -96,7 +96,7 @@ def onnx_sensitivity(fp32: Any, int8: Any, x: np.ndarray) -> SensitivityReport:
     """Per-layer sensitivity of the ONNX int8 file ``int8`` (``quantize_onnx_int8`` of ``fp32``) on
     held-out preprocessed images ``x`` (N, C, H, W): each layer quantized alone with ``int8``'s
     ranges and settings, its logits compared with ``fp32``'s."""
-    from ..exporters.onnx import _session, node_outputs, quantize_onnx_nodes, weighted_layers
+    from ..exporters.onnx import inference_session, node_outputs, quantize_onnx_nodes, weighted_layers
 
     t0 = time.perf_counter()
     x = np.ascontiguousarray(x, np.float32)
@@ -107,7 +107,7 @@ def onnx_sensitivity(fp32: Any, int8: Any, x: np.ndarray) -> SensitivityReport:
     out = []
     for layer, nodes in layers.items():
         data = quantize_onnx_nodes(fp32, int8.ranges, int8.settings, only=nodes)
-        sess = _session(data, threads=None)
+        sess = inference_session(data, threads=None)
         logits = np.concatenate([sess.run(None, {fp32.inputs[0].name: x[i:i + 1]})[0] for i in range(len(x))])
         own = min(sqnr_db(ref_nodes[n], q_nodes[n]) for n in nodes)
         op = nodes[0].rsplit("/", 1)[-1].split("_")[0]
@@ -157,8 +157,7 @@ def _merge(layers: list[LayerSensitivity]) -> list[LayerSensitivity]:
 
 
 def _tflite_layout(x: np.ndarray, exp: Any) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if exp.inputs[0].layout == "NHWC" else x)
+    return exp.inputs[0].from_nchw(np.asarray(x, np.float32))
 
 
 def _tflite_tensors(model_bytes: bytes, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

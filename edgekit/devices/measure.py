@@ -63,9 +63,7 @@ def real_inputs(model: ModelFile, *, data: str, samples: int) -> tuple[np.ndarra
     if len(ds) < samples * batch:
         raise ValueError(f"{data!r} has {len(ds)} images; {samples} samples of batch {batch} need {samples * batch}")
     nchw = preprocess(ds.images, m.preprocessing, layout="NCHW")  # (S*B, C, H, W)
-    x = nchw.transpose(0, 2, 3, 1) if spec.layout == "NHWC" else nchw
-    x = x.reshape(samples, *spec.shape)
-    return np.ascontiguousarray(x), nchw
+    return spec.from_nchw(nchw).reshape(samples, *spec.shape), nchw
 
 
 def _reference_model(model: ModelFile, weights: str | Path | None):

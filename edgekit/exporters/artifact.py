@@ -56,6 +56,16 @@ class TensorInfo:
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"tensor {self.name!r}: scale {self.scale} must be > 0")
 
+    def from_nchw(self, x: Any) -> Any:
+        """(N, C, H, W) images (numpy) laid out as this input takes them: channels last when it is
+        NHWC; C-contiguous, as the runtimes want them."""
+        import numpy as np
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if self.layout == "NHWC" else x)
+
+    def to_nchw(self, y: Any) -> Any:
+        """Values of this output channels first again when it is an NHWC map; others unchanged."""
+        return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" and y.ndim == 4 else y
+
 
 @dataclass(frozen=True)
 class Preprocessing:

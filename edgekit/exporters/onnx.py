@@ -67,10 +67,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import is_count
 from .artifact import TensorInfo, sha256_bytes
 
 __all__ = ["OnnxExport", "OnnxExportError", "Int8Settings", "export_onnx_fp32", "quantize_onnx_int8",
-           "quantize_onnx_nodes", "weighted_layers", "node_outputs", "calibrated_tensors", "benchmark_onnx", "int8_structure", "sqnr_db", "tool_versions", "CALIB_METHODS", "ACTIVATION_TYPES",
+           "quantize_onnx_nodes", "with_speed_check", "inference_session", "weighted_layers", "node_outputs", "calibrated_tensors", "benchmark_onnx", "int8_structure", "sqnr_db", "tool_versions", "CALIB_METHODS", "ACTIVATION_TYPES",
            "INPUT_NAME", "OUTPUT_NAME", "PARITY_RTOL"]
 
 INPUT_NAME = "input"
@@ -172,7 +173,7 @@ class OnnxExport:
 
     @functools.cached_property
     def _session(self):
-        return _session(self.model_bytes, threads=None)
+        return inference_session(self.model_bytes, threads=None)
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run (N, C, H, W) through the batch-1 file one sample at a time; returns (N, ...) float32."""
@@ -202,7 +203,7 @@ def export_onnx_fp32(model: nn.Module, example: torch.Tensor, *, opset: int | No
     import onnx
 
     example = _check_example(example)
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 18):
+    if opset is not None and not is_count(opset, 18):
         raise ValueError(f"opset {opset!r} must be an int >= 18 (the lowest the torch.export-based exporter "
                          f"emits; asked for 17 it silently gives 18), or None for torch's default")
     with _eval_mode(model), torch.no_grad():
@@ -361,7 +362,7 @@ def _tensor_info(name: str, shape: tuple[int, ...]) -> TensorInfo:
 
 def _parity(data: bytes, x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     try:
-        out = _session(data, threads=1).run(None, {INPUT_NAME: x})[0]
+        out = inference_session(data, threads=1).run(None, {INPUT_NAME: x})[0]
     except Exception as e:  # ORT names the node, which carries the module path
         raise OnnxExportError(f"onnxruntime cannot run the exported model: {_first_line(e)}") from e
     if out.shape != ref.shape:
@@ -475,7 +476,7 @@ def node_outputs(model_bytes: bytes, nodes: Sequence[str], x: np.ndarray) -> dic
     with tempfile.TemporaryDirectory(prefix="edgekit-nodes-") as tmp:
         src = Path(tmp, "m.onnx")
         src.write_bytes(model_bytes)
-        sess = _session(_exposing(src, tensors), threads=None)
+        sess = inference_session(_exposing(src, tensors), threads=None)
     runs = [sess.run(tensors, {INPUT_NAME: x[i:i + 1]}) for i in range(len(x))]
     return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(nodes)}
 
@@ -587,7 +588,7 @@ def _edgekit_ranges(src: Path, calib: np.ndarray, names: list[str], method: str)
     except ImportError as e:
         raise ValueError(f"method {method!r} needs edgekit.calibration.ranges, which cannot be imported ({e}); "
                          f"use 'minmax' or 'percentile'") from None
-    sess = _session(_exposing(src, names), threads=None)
+    sess = inference_session(_exposing(src, names), threads=None)
     batches = (dict(zip(names, sess.run(names, {INPUT_NAME: calib[i:i + 1]}))) for i in range(len(calib)))
     ranges = ranges_for_arrays(batches, method_from_name(method), symmetric=False)
     return {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
@@ -732,7 +733,7 @@ def int8_structure(model_bytes: bytes) -> dict[str, Any]:
 
 
 def _calib_sqnr(fp32: OnnxExport, data: bytes, x: np.ndarray) -> float:
-    s = _session(data, threads=None)
+    s = inference_session(data, threads=None)
     q = np.concatenate([s.run(None, {INPUT_NAME: x[i:i + 1]})[0] for i in range(len(x))])
     return round(sqnr_db(fp32(x), q), 2)
 
@@ -749,7 +750,9 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 # ---- latency ----------------------------------------------------------------------------------
 
-def _session(data: bytes, *, threads: int | None):
+def inference_session(data: bytes, *, threads: int | None):
+    """An onnxruntime CPU session of ``data`` with every graph optimisation; ``threads`` intra-op
+    threads (one inter-op), or onnxruntime's default when None."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -798,9 +801,9 @@ def benchmark_onnx(model_bytes: bytes, inputs: np.ndarray | Mapping[str, np.ndar
     >>> stats["median_ms"], stats["p90_ms"]                   # doctest: +SKIP
     """
     for label, v, low in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if not is_count(v, low):
             raise ValueError(f"{label}={v!r} must be an int >= {low}")
-    sess = _session(model_bytes, threads=threads)
+    sess = inference_session(model_bytes, threads=threads)
     feed = _feed(sess, inputs)
     with (_pinned() if threads == 1 else contextlib.nullcontext()):
         for _ in range(warmup):
@@ -817,7 +820,7 @@ def _speed_check(fp32: bytes, int8: bytes, x: np.ndarray, *, runs: int = 50, war
     """fp32 vs int8 medians from alternating single runs (fp32, int8, fp32, ...), so load from other
     processes on a shared host falls on both alike (measured: sequential blocks drifted 2-5x here)."""
     import onnxruntime as ort
-    sessions = [_session(fp32, threads=1), _session(int8, threads=1)]
+    sessions = [inference_session(fp32, threads=1), inference_session(int8, threads=1)]
     feeds = [_feed(s, x) for s in sessions]
     times: list[list[float]] = [[], []]
     with _pinned():

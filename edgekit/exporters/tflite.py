@@ -448,8 +448,10 @@ def _shuffle_into_producer(gm: torch.fx.GraphModule, x: torch.fx.Node, perm: tor
             break
         chain.append((conv, params))
         conv = conv.args[0]
+    # the loop stopped on a node that is not per-channel (a depthwise conv would have joined the chain)
+    # or that has other readers
     if not (isinstance(conv, torch.fx.Node) and conv.op == "call_function" and conv.target is aten.conv2d.default
-            and not conv.kwargs and len(conv.users) == 1 and _per_channel(gm, conv, c) is None):
+            and not conv.kwargs and len(conv.users) == 1):
         return False
     args = _conv_args(conv)
     weight, bias = _param_value(gm, args[1]), _param_value(gm, args[2])
@@ -1028,7 +1030,7 @@ def plan_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.nda
                          f"{_file_input_shape(example_nchw, layout)}; got a {graph.precision} file for "
                          f"{graph.inputs[0].shape}")
     fp32 = graph if graph is not None else _export_fp32(model, example_nchw, layout, int8_rewrites=True)
-    calib_in = np.ascontiguousarray(calib.transpose(0, 2, 3, 1) if fp32.inputs[0].layout == "NHWC" else calib)
+    calib_in = fp32.inputs[0].from_nchw(calib)
     with _quiet_tools("TFLite int8 calibration"):
         measured = _measure_ranges(fp32.model_bytes, calib_in, estimator)
         unknown = sorted(set(ranges or {}) - set(measured))

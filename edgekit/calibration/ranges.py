@@ -80,8 +80,10 @@ class RangeObserver:
         if x.size == 0:
             raise ValueError(f"tensor {self.name!r}: batch {self.batches} is empty")
         flat = x.reshape(-1)
-        self._check_finite(flat, x.shape)
-        bmin, bmax = float(flat.min()), float(flat.max())
+        bmin, bmax = flat.min(), flat.max()
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):  # a NaN makes both NaN; an Inf shows in one
+            self._check_finite(flat, x.shape)
+        bmin, bmax = float(bmin), float(bmax)
         if self.keeps_histogram:
             self._histogram_add(flat, bmin, bmax)
         self.min, self.max = min(self.min, bmin), max(self.max, bmax)
@@ -369,8 +371,8 @@ def ranges_for_arrays(named_arrays: Mapping[str, Iterable[Any]] | Iterable[Mappi
         for batch in named_arrays:
             if not isinstance(batch, Mapping):
                 raise ValueError(f"each batch must be a {{name: array}} dict, got {type(batch).__name__}")
-            for name, x in batch.items():
-                observe(name, x)
+            for name in batch:  # no reference to an array outlives its observation (see tflite calibration)
+                observe(name, batch[name])
     if not observers:
         raise ValueError("no tensors were observed: the calibration data gave no batches")
     return {name: estimator.compute(obs, symmetric=symmetric) for name, obs in observers.items()}

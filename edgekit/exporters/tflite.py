@@ -889,8 +889,11 @@ def _activation_tensors(model_bytes: bytes) -> list[str]:
 
 
 def _calibration_batches(model_bytes: bytes, calib_nhwc: np.ndarray, names: Sequence[str]) -> Iterator[dict]:
-    """One ``{tensor name: array}`` dict per calibration sample, from the fp32 file itself."""
-    it = _interpreter(model_bytes, preserve=True)
+    """One ``{tensor name: array}`` dict per calibration sample, from the fp32 file itself. With
+    every tensor preserved the file runs on TFLite's own kernels, which use every usable core (up
+    to 4; ~1.5x faster on 2 than on 1)."""
+    from .._background import usable_cpus
+    it = _interpreter(model_bytes, min(usable_cpus(), 4), preserve=True)
     (inp,) = it.get_input_details()
     index = {d["name"]: d["index"] for d in it.get_tensor_details()}
     missing = [n for n in names if n not in index]
@@ -900,7 +903,12 @@ def _calibration_batches(model_bytes: bytes, calib_nhwc: np.ndarray, names: Sequ
     for i in range(0, len(calib_nhwc) - b + 1, b):
         it.set_tensor(inp["index"], calib_nhwc[i:i + b].astype(np.float32))
         it.invoke()
-        yield {n: it.get_tensor(index[n]) for n in names}
+        # views of the interpreter's buffers, not copies (~1 s of copying at 224 px): the consumer
+        # (ranges_for_arrays) reads them without keeping a reference, and the dict is emptied before
+        # the next invoke, which refuses to run while a view is alive
+        batch = {n: it.tensor(index[n])() for n in names}
+        yield batch
+        batch.clear()
 
 
 def _measure_ranges(model_bytes: bytes, calib_nhwc: np.ndarray, estimator: Any) -> dict[str, tuple[float, float]]:

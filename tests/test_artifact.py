@@ -94,3 +94,16 @@ def test_unwritable_or_missing_directory(tmp_path):
 def test_sha_mismatch_refused(tmp_path):
     with pytest.raises(ValueError, match="does not match the model bytes"):
         write_artifact(tmp_path / "m.onnx", BYTES + b"x", manifest(format="onnx"))
+
+
+def test_tensor_info_lays_images_out_as_the_file_takes_them():
+    import numpy as np
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # N, C, H, W
+    nhwc = TensorInfo("input", (1, 4, 5, 3), layout="NHWC")
+    got = nhwc.from_nchw(x)
+    assert got.shape == (2, 4, 5, 3) and got.flags.c_contiguous and got[1, 2, 3, 0] == x[1, 0, 2, 3]
+    assert nhwc.to_nchw(got).shape == x.shape and np.array_equal(nhwc.to_nchw(got), x)
+    nchw = TensorInfo("input", (1, 3, 4, 5), layout="NCHW")
+    assert np.array_equal(nchw.from_nchw(x), x) and nchw.to_nchw(x) is x
+    logits = np.zeros((2, 10), np.float32)
+    assert TensorInfo("logits", (1, 10), layout="NC").to_nchw(logits) is logits

@@ -71,8 +71,9 @@ from .._checks import is_count
 from .artifact import TensorInfo, sha256_bytes
 
 __all__ = ["OnnxExport", "OnnxExportError", "Int8Settings", "export_onnx_fp32", "quantize_onnx_int8",
-           "quantize_onnx_nodes", "with_speed_check", "inference_session", "weighted_layers", "node_outputs", "calibrated_tensors", "benchmark_onnx", "int8_structure", "sqnr_db", "tool_versions", "CALIB_METHODS", "ACTIVATION_TYPES",
-           "INPUT_NAME", "OUTPUT_NAME", "PARITY_RTOL"]
+           "quantize_onnx_nodes", "with_speed_check", "inference_session", "weighted_layers", "node_outputs",
+           "calibrated_tensors", "benchmark_onnx", "int8_structure", "sqnr_db", "tool_versions", "CALIB_METHODS",
+           "ACTIVATION_TYPES", "INPUT_NAME", "OUTPUT_NAME", "PARITY_RTOL"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

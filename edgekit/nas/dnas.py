@@ -368,21 +368,16 @@ def most_likely_within(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, low
     A multiple-choice knapsack solved by dynamic programming over the layers on a grid of
     ``(high - fixed) / 4000`` ms. The grid rounds each layer's latency; the window is shrunk by the
     worst accumulated rounding, so the returned point is always inside it."""
-    log_probs = _log_probs(log_probs, (len(space.layers), len(CANDIDATES)))
-    return _most_likely_within(LatencyTable.of(space, lut), log_probs, low_ms, high_ms)
-
-
-def _log_probs(log_probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     log_probs = np.asarray(log_probs, dtype=np.float64)
-    if log_probs.shape != shape:
-        raise ValueError(f"log_probs has shape {log_probs.shape}, expected ({', '.join(map(str, shape))})")
-    return log_probs
+    if log_probs.shape != (len(space.layers), len(CANDIDATES)):
+        raise ValueError(f"log_probs has shape {log_probs.shape}, expected ({len(space.layers)}, {len(CANDIDATES)})")
+    return _most_likely_within(LatencyTable.of(space, lut), log_probs, low_ms, high_ms)
 
 
 def _most_likely_within(table: LatencyTable, log_probs: np.ndarray, low_ms: float,
                         high_ms: float) -> tuple[str, ...] | None:
-    """:func:`most_likely_within` over ``table``."""
-    log_probs = _log_probs(log_probs, table.per_layer.shape)
+    """:func:`most_likely_within` over ``table``; ``log_probs`` float64, one row per layer of it (the
+    public function checks a caller's; the search passes its theta's log-softmax)."""
     fixed, lat = table.fixed_ms, table.per_layer
     n_layers, n_candidates = lat.shape
     budget = high_ms - fixed

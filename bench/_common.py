@@ -48,13 +48,20 @@ FAMILIES: dict[str, dict[str, Any]] = {
 QUICK_FAMILIES = ("GhostNet v1", "FBNet v1")
 
 
-def family_of(key: str) -> str:
-    """A family name or a variant name -> the family name; unknown names list the valid ones."""
+def family_and_variant(key: str) -> tuple[str, str]:
+    """A family name -> (family, its bench variant); a registered variant of one of the nine
+    families (e.g. ``espnetv2_2_0``) -> (its family, that variant); anything else is refused with
+    the valid names."""
     for fam, d in FAMILIES.items():
         if key.lower() in (fam.lower(), d["variant"]):
-            return fam
-    raise ValueError(f"unknown family {key!r}; choose from {list(FAMILIES)} or their variants "
-                     f"{[d['variant'] for d in FAMILIES.values()]}")
+            return fam, d["variant"]
+    from edgekit.models.registry import get_cfg, list_models
+    if key in list_models():
+        for fam, d in FAMILIES.items():
+            if get_cfg(key).family == get_cfg(d["variant"]).family:
+                return fam, key
+    raise ValueError(f"unknown family {key!r}; choose from {list(FAMILIES)}, their variants "
+                     f"{[d['variant'] for d in FAMILIES.values()]} or another registered variant of theirs")
 
 
 # ---- training (cached) ------------------------------------------------------------------------

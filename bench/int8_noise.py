@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench._common import (FAMILIES, RESULTS, TrainSettings, captured, family_of, fingerprint,  # noqa: E402
+from bench._common import (RESULTS, TrainSettings, captured, family_and_variant, fingerprint,  # noqa: E402
                            trained_model, write_json)
 
 
@@ -122,7 +122,8 @@ def noise(sqnr_db: float) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variant", default="fbnetv3_a", help="a family's bench variant (bench/_common.FAMILIES)")
+    p.add_argument("--variant", default="fbnetv3_a", help="a family, or a registered variant "
+                   "of one of the nine (bench/_common.FAMILIES)")
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--resolution", type=int, default=32, help="input side (raised to the model's minimum)")
@@ -134,8 +135,7 @@ def main(argv=None) -> int:
     import torch
     from edgekit.calibration.data import calibration_batch, preprocessing_for
     from edgekit.exporters.onnx import export_onnx_fp32, quantize_onnx_int8, sqnr_db
-    fam = family_of(args.variant)
-    variant = FAMILIES[fam]["variant"]
+    variant = family_and_variant(args.variant)[1]
     ts = TrainSettings(resolution=args.resolution, limit=args.train_images, epochs=args.epochs)
     model, weights, _ = trained_model(variant, ts)
     pre = preprocessing_for(model.default_cfg)

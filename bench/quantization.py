@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import (FAMILIES, OUT, QUICK_FAMILIES, RESULTS, ROOT, TrainSettings,  # noqa: E402
-                           alternating_times, captured, family_of, fingerprint, first_line, trained_model,
+                           alternating_times, captured, family_and_variant, fingerprint, first_line, trained_model,
                            write_json)
 
 DROP_TARGET = {False: 0.5, True: 1.0}  # points; True = hard-swish / SE family
@@ -280,11 +280,10 @@ def measure_stock(res: dict[str, Any], ctx: dict[str, Any], fp32_limit: int) -> 
 
 # ---- one family -----------------------------------------------------------------------------------
 
-def run_family(fam: str, args, ts: TrainSettings) -> dict[str, Any]:
+def run_family(fam: str, variant: str, args, ts: TrainSettings) -> dict[str, Any]:
     from edgekit.calibration.data import calibration_batch, load_dataset, preprocess, preprocessing_for
     from edgekit.export import ExportSettings
     spec = FAMILIES[fam]
-    variant = spec["variant"]
     t_start = time.perf_counter()
     model, weights, train_rec = trained_model(variant, ts, log)
     pre = preprocessing_for(model.default_cfg)
@@ -523,7 +522,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"smoke run: families {', '.join(QUICK_FAMILIES)}; 1000 test "
                    f"images; no export timing; results in bench/out/quick")
-    p.add_argument("--families", help="comma list of families or variants (default: all nine)")
+    p.add_argument("--families", help="comma list of families or variants (default: all nine; a family's other variant, e.g. "
+                   "espnetv2_2_0, is measured in its family's row)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads for the latency pairs")
     p.add_argument("--out", default=str(RESULTS), help="results directory")
     p.add_argument("--test-images", type=int, help="test images for top-1 (default 10000; --quick 1000)")
@@ -558,9 +558,9 @@ def main(argv=None) -> int:
         return merge(args, argv)
     torch.set_num_threads(1)  # shared 2-core machine: one training thread measured no slower overall
     if args.families:
-        fams = [family_of(k.strip()) for k in args.families.split(",") if k.strip()]
+        fams = [family_and_variant(k.strip()) for k in args.families.split(",") if k.strip()]
     else:
-        fams = list(QUICK_FAMILIES) if args.quick else list(FAMILIES)
+        fams = [(f, FAMILIES[f]["variant"]) for f in (QUICK_FAMILIES if args.quick else FAMILIES)]
     ts = TrainSettings(resolution=args.resolution, limit=args.train_images, epochs=args.epochs)
     out = Path(args.out)
     name = "quantization-quick" if args.quick else "quantization"
@@ -570,13 +570,13 @@ def main(argv=None) -> int:
                            "test_images": args.test_images, "threads": args.threads, "runs": args.runs,
                            "warmup": args.warmup, "families": {}}
     t0 = time.perf_counter()
-    for fam in fams:
-        log(f"== {fam} ({FAMILIES[fam]['variant']})")
+    for fam, variant in fams:
+        log(f"== {fam} ({variant})")
         try:
-            doc["families"][fam] = run_family(fam, args, ts)
+            doc["families"][fam] = run_family(fam, variant, args, ts)
         except Exception as e:  # one family's failure is a row of the table, not the end of the bench
             log(f"  FAILED: {first_line(e)}")
-            doc["families"][fam] = {"family": fam, "variant": FAMILIES[fam]["variant"], "error": first_line(e)}
+            doc["families"][fam] = {"family": fam, "variant": variant, "error": first_line(e)}
         doc["seconds"] = round(time.perf_counter() - t0, 1)
         _save(doc, out, name)
         log(f"  done ({doc['families'][fam].get('seconds', '?')} s; {doc['seconds']:.0f} s so far)")

@@ -484,7 +484,7 @@ def _check_image_array(images: np.ndarray, what: str) -> None:
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"{what} dtype {images.dtype} must be uint8 (0..255) or float in [0, 1]")
     if images.ndim == 4 and images.shape[-1] not in (1, 3):
-        hint = (f"; it looks channels-first, transpose it with np.transpose(x, (0, 2, 3, 1))"
+        hint = ("; it looks channels-first, transpose it with np.transpose(x, (0, 2, 3, 1))"
                 if images.shape[1] in (1, 3) else "; drop alpha with x[..., :3]" if images.shape[-1] == 4 else "")
         raise ValueError(f"{what} has {images.shape[-1]} channels (shape {images.shape}); edgekit takes grey "
                          f"(N, H, W) or RGB (N, H, W, 3) images{hint}")

@@ -57,8 +57,9 @@ def family_and_variant(key: str) -> tuple[str, str]:
             return fam, d["variant"]
     from edgekit.models.registry import get_cfg, list_models
     if key in list_models():
+        family = get_cfg(key).family
         for fam, d in FAMILIES.items():
-            if get_cfg(key).family == get_cfg(d["variant"]).family:
+            if get_cfg(d["variant"]).family == family:
                 return fam, key
     raise ValueError(f"unknown family {key!r}; choose from {list(FAMILIES)}, their variants "
                      f"{[d['variant'] for d in FAMILIES.values()]} or another registered variant of theirs")

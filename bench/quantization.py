@@ -559,6 +559,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # shared 2-core machine: one training thread measured no slower overall
     if args.families:
         fams = [family_and_variant(k.strip()) for k in args.families.split(",") if k.strip()]
+        twice = sorted({f for f, _ in fams if sum(g == f for g, _ in fams) > 1})
+        if twice:  # results are keyed by family: a second variant would overwrite the first's row
+            raise SystemExit(f"--families names more than one variant of {', '.join(twice)}; the results keep "
+                             f"one row per family, so run each variant with its own --out")
     else:
         fams = [(f, FAMILIES[f]["variant"]) for f in (QUICK_FAMILIES if args.quick else FAMILIES)]
     ts = TrainSettings(resolution=args.resolution, limit=args.train_images, epochs=args.epochs)

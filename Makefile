@@ -31,11 +31,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	BIN=$(BIN) scripts/demo.sh
 
+# Two workers (the machine's two cores), each module whole on one worker; the ten slowest tests and
+# the suite's wall time printed at the end.
+PYTEST := $(BIN)/python -m pytest -q -n $(or $(JOBS),2) --dist loadfile --durations=10
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""Small utilities shared by the family tests."""
+"""Small utilities shared by the test modules."""
 import torch
 from torch import nn
 
@@ -13,3 +13,19 @@ def randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
     return module
+
+
+class Tiny(nn.Module):
+    """Three convs and a head: exports in ~2 s, and shallow enough that int8 noise is not amplified.
+    For the properties of export that do not depend on the network (retries, workers, errors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, 10)
+        self.default_cfg = {"input_size": [1, 32, 32], "mean": [0.286], "std": [0.353], "num_classes": 10}
+
+    def forward(self, x):
+        return self.fc(self.pw(self.dw(self.stem(x))).mean((2, 3)))  # (B, 32, H/2, W/2) -> (B, 32) -> (B, 10)

@@ -28,17 +28,32 @@ COMBOS = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "in
 FAST = Protocol(runs=50, warmup=5, max_runs=100)
 
 
-def export_small(out: Path, formats=("onnx", "tflite"), precisions=("fp32", "int8")) -> dict:
+SMALL_KEY = {"model": "ghostnet_0_5", "resolution": 32, "in_chans": 1, "num_classes": 10, "seed": 0,
+             "weights": "randomise_bn", "formats": ["onnx", "tflite"], "precisions": ["fp32", "int8"],
+             "calib_samples": 64, "holdout": 32}
+
+
+def export_small(out: Path) -> None:
     """ghostnet_0_5 at 32x32, 1 channel, 10 classes with saved (random, BN-randomised) weights, so
-    ``--compare`` can rebuild the PyTorch reference; returns {(format, precision): path}."""
+    ``--compare`` can rebuild the PyTorch reference: the four files of ``SMALL_KEY`` into ``out``."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = randomise_bn(create_model("ghostnet_0_5", num_classes=10, in_chans=1, resolution=32)).eval()
     weights = out / "ghostnet_0_5.pt"
     save_weights(weights, model, {"model": "ghostnet_0_5", "num_classes": 10, "in_chans": 1, "resolution": [32, 32]})
-    files = export(model, name="ghostnet_0_5", out=out, weights_file=weights, weights_sha256=sha256_file(weights),
-                   settings=ExportSettings(formats=formats, precisions=precisions, calib_samples=64, holdout=32))
-    return {(f.artifact.manifest.format, f.artifact.manifest.precision): f.artifact.path for f in files}
+    export(model, name="ghostnet_0_5", out=out, weights_file=weights, weights_sha256=sha256_file(weights),
+           settings=ExportSettings(formats=tuple(SMALL_KEY["formats"]), precisions=tuple(SMALL_KEY["precisions"]),
+                                   calib_samples=SMALL_KEY["calib_samples"], holdout=SMALL_KEY["holdout"]))
+
+
+def small_files(folder: Path) -> dict:
+    """{(format, precision): path} of the exported files in ``folder``, read from their manifests."""
+    files = {}
+    for manifest in sorted(folder.glob("*.manifest.json")):
+        doc = json.loads(manifest.read_text())
+        stem = manifest.name[:-len(".manifest.json")]
+        files[(doc["format"], doc["precision"])] = folder / f"{stem}.{doc['format']}"
+    return files
 
 
 def cli(*args, env=None, cwd=None):

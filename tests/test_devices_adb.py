@@ -15,7 +15,7 @@ from edgekit.devices.base import DeviceError
 from edgekit.devices.measure import measure
 from edgekit.devices.stats import Protocol
 from edgekit.devices.store import ResultStore
-from test_devices import cli, export_small
+from test_devices import cli
 
 SERIAL = "emulator-5554"
 FAST = Protocol(runs=50, warmup=5, max_runs=100)
@@ -101,11 +101,6 @@ def _script(path: Path, text: str) -> str:
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return export_small(tmp_path_factory.mktemp("art"), formats=("tflite",), precisions=("int8",))
 
 
 @pytest.fixture

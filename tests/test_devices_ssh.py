@@ -19,7 +19,7 @@ from edgekit.devices.measure import measure
 from edgekit.devices.sshd import LocalSSHD, descendants, free_port
 from edgekit.devices.stats import Protocol
 from edgekit.devices.store import ResultStore
-from test_devices import cli, export_small
+from test_devices import cli
 
 FAST = Protocol(runs=50, warmup=5, max_runs=100)
 pytestmark = pytest.mark.slow
@@ -30,11 +30,6 @@ def srv(tmp_path_factory):
     server = LocalSSHD(tmp_path_factory.mktemp("sshd")).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return export_small(tmp_path_factory.mktemp("art"), formats=("tflite",), precisions=("fp32", "int8"))
 
 
 def opts(srv, tmp_path, **kw):

@@ -289,13 +289,13 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
             yield _int8(lambda method: _OnnxFiles(fp32, calib, replace(s, calib_method=method)), holdout,
                              reference, labelled, s)
     else:
-        from .exporters.tflite import export_tflite_fp32
-        graphs = background.result() if background is not None else {}
+        from .exporters.tflite import FloatGraphs, export_tflite_fp32
+        graphs = background.result() if background is not None else FloatGraphs()
         if "fp32" in s.precisions:
-            yield "fp32", graphs.get("fp32") or export_tflite_fp32(model, example), {}, None
+            yield "fp32", graphs.fp32 or export_tflite_fp32(model, example), {}, None
         if "int8" in s.precisions:
             yield _int8(lambda method: _TfliteFiles(model, example, calib, replace(s, calib_method=method),
-                                                         graphs.get("int8")), holdout, reference, labelled, s)
+                                                         graphs.int8), holdout, reference, labelled, s)
 
 
 def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled,

@@ -30,7 +30,7 @@ quantization), :mod:`.interpreter` (running a file), :mod:`.flatbuffer` (reading
 :mod:`.tensor_names` (tensor names -> PyTorch modules) and :mod:`.tools` (running the tools quietly,
 their versions and failures). This module re-exports the public entry points.
 """
-from .conversion import LAYOUTS, TfliteExport, convert_float_graphs, export_tflite_fp32
+from .conversion import LAYOUTS, FloatGraphs, TfliteExport, convert_float_graphs, export_tflite_fp32
 from .flatbuffer import INT8_KERNEL_OPS, QUANT_OPS, op_histogram, op_list
 from .int8 import IO_DTYPES, WEIGHTED_OPS, Int8Plan, export_tflite_int8, plan_tflite_int8, quantize_tflite, weighted_ops
 from .interpreter import benchmark_tflite, io_tensors, run_tflite
@@ -39,4 +39,4 @@ from .tools import ConversionError, tool_versions
 __all__ = ["TfliteExport", "ConversionError", "QUANT_OPS", "INT8_KERNEL_OPS", "export_tflite_fp32",
            "export_tflite_int8", "Int8Plan", "plan_tflite_int8", "quantize_tflite", "weighted_ops", "run_tflite",
            "benchmark_tflite", "op_histogram", "op_list", "io_tensors", "tool_versions", "convert_float_graphs",
-           "LAYOUTS", "IO_DTYPES", "WEIGHTED_OPS"]
+           "FloatGraphs", "LAYOUTS", "IO_DTYPES", "WEIGHTED_OPS"]

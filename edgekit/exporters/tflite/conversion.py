@@ -19,8 +19,8 @@ from .graph_rewrites import INT8_REWRITES, fold_channel_shuffles, rewrite_for_nh
 from .interpreter import io_tensors, run_tflite
 from .tools import quiet_tools, tool_versions
 
-__all__ = ["LAYOUTS", "TfliteExport", "export_tflite_fp32", "export_float", "convert_float_graphs", "check_example",
-           "Prepared", "prepare"]
+__all__ = ["LAYOUTS", "TfliteExport", "export_tflite_fp32", "export_float", "FloatGraphs", "convert_float_graphs",
+           "check_example", "Prepared", "prepare"]
 
 LAYOUTS = ("NHWC", "NCHW")
 
@@ -177,15 +177,19 @@ def export_float(model: nn.Module, example_nchw: torch.Tensor, layout: str, *, i
                         tools=tool_versions(), route="litert-torch", convert_seconds=seconds)
 
 
+@dataclass(frozen=True)
+class FloatGraphs:
+    """The float conversions an export needs (None: not asked for): ``fp32``, the file
+    :func:`export_tflite_fp32` gives, and ``int8``, the float graph with the int8 rewrites that
+    :func:`~.int8.plan_tflite_int8` takes as ``graph=``."""
+
+    fp32: TfliteExport | None = None
+    int8: TfliteExport | None = None
+
+
 def convert_float_graphs(model: nn.Module, example_nchw: torch.Tensor, *, layout: str = "NHWC",
-                         fp32: bool = True, int8: bool = True) -> dict[str, TfliteExport]:
-    """The float conversions an export needs, in one call (``edgekit.export`` runs it in a worker
-    process, beside the ONNX work): ``"fp32"``, the file :func:`export_tflite_fp32` gives, and
-    ``"int8"``, the float graph with the int8 rewrites that :func:`plan_tflite_int8` takes as
-    ``graph=``. When no rewrite applies the two graphs are the same and converted once."""
-    out = {}
-    if fp32:
-        out["fp32"] = export_tflite_fp32(model, example_nchw, layout=layout)
-    if int8:
-        out["int8"] = export_float(model, example_nchw, layout, int8_rewrites=True)
-    return out
+                         fp32: bool = True, int8: bool = True) -> FloatGraphs:
+    """:class:`FloatGraphs` in one call (``edgekit.export`` runs it in a worker process, beside the
+    ONNX work). When no rewrite applies the two graphs are the same and converted once."""
+    return FloatGraphs(fp32=export_tflite_fp32(model, example_nchw, layout=layout) if fp32 else None,
+                       int8=export_float(model, example_nchw, layout, int8_rewrites=True) if int8 else None)

@@ -81,7 +81,7 @@ def plan_tflite_int8(model: nn.Module, example_nchw: torch.Tensor, calib: np.nda
                      graph: TfliteExport | None = None) -> Int8Plan:
     """Convert ``model`` with the int8 rewrites and measure its activation ranges on ``calib``
     (see :func:`export_tflite_int8` for the arguments). ``graph``: that conversion done already
-    (``convert_float_graphs(...)["int8"]`` of the same model, example and layout)."""
+    (``convert_float_graphs(...).int8`` of the same model, example and layout)."""
     from edgekit.calibration.ranges import RangeEstimator, method_from_name
     estimator = method if isinstance(method, RangeEstimator) else method_from_name(method)
     check_example(example_nchw, layout)

@@ -24,7 +24,7 @@ import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +117,89 @@ class ExportedFile:
     notes: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """Labelled held-out images (preprocessed, NCHW) for the top-1 of ``max_drop``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    dataset: str
+
+
+@dataclass(frozen=True)
+class _Accuracy:
+    """Top-1 on the labelled held-out images of the fp32 file, the int8 file and the file kept (the
+    int8 one, or the mixed one the fallback chose); drops in points, as the manifest gives them."""
+
+    dataset: str
+    samples: int
+    fp32_top1: float
+    int8_top1: float
+    top1: float  # the file kept
+    max_drop: float
+
+    @property
+    def int8_drop_points(self) -> float:
+        return round(100 * (self.fp32_top1 - self.int8_top1), 3)
+
+    @property
+    def drop_points(self) -> float:
+        return round(100 * (self.fp32_top1 - self.top1), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "split": "test", "samples": self.samples, "fp32_top1": self.fp32_top1,
+                "int8_top1": self.int8_top1, "int8_drop_points": self.int8_drop_points,
+                "max_drop_points": self.max_drop, "top1": self.top1, "drop_points": self.drop_points}
+
+
+@dataclass(frozen=True)
+class _CalibrationTry:
+    """A calibration method tried for an int8 file and its logits' SQNR against PyTorch (dB, 0.01)."""
+
+    method: str
+    sqnr_db: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "sqnr_db": self.sqnr_db}
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """The int8 files of the calibration kept, every calibration tried (in order) and the parity of
+    the kept int8 file."""
+
+    files: Any  # _OnnxFiles | _TfliteFiles
+    tries: tuple[_CalibrationTry, ...]
+    parity: ParityReport
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """What a file's manifest says beyond the file itself (an fp32 file's: nothing)."""
+
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # measured: sensitivity, accuracy, fallback
+    tries: tuple[_CalibrationTry, ...] = ()  # int8 / mixed: the calibration methods tried, in order
+    accuracy: _Accuracy | None = None  # with max_drop (``metrics`` holds it as the manifest gives it)
+    float_layers: tuple[str, ...] = ()  # a mixed file's
+    calibration_method: str | None = None  # the method kept, when not the one asked for
+    note: str = ""
+
+    def manifest_metrics(self) -> dict[str, Any]:
+        tries = {"calibration_tries": [t.to_dict() for t in self.tries]} if self.tries else {}
+        return {**self.metrics, **tries}
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """One file converted and kept in memory until every file has passed."""
+
+    fmt: str
+    precision: str  # "fp32" | "int8" | "mixed"
+    exp: Any  # the converter's export (OnnxExport | TfliteExport): bytes, inputs, outputs, tools, notes
+    extras: _Extras = field(default_factory=_Extras)
+    parity: ParityReport | None = None  # against PyTorch on the held-out images; None: not measured yet
+
+
 def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSettings = ExportSettings(),
            weights_file: str | Path | None = None, weights_sha256: str | None = None) -> list[ExportedFile]:
     """Export ``model`` (its ``default_cfg`` gives input size and normalisation) as every requested
@@ -140,11 +223,12 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
         if background is not None:
             background.close()
     written = []
-    for fmt, precision, exp, parity, extra in pending:
-        manifest = _manifest(name, model, fmt, precision, exp, parity, pre, calibration, weights_file, weights_sha256,
-                             extra)
+    for conv in pending:
+        manifest = _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256)
+        fmt, precision = conv.fmt, conv.precision
         path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
-        written.append(ExportedFile(write_artifact(path, exp.model_bytes, manifest), parity, len(exp.model_bytes),
+        data = conv.exp.model_bytes
+        written.append(ExportedFile(write_artifact(path, data, manifest), conv.parity, len(data),
                                     tuple(manifest.notes)))
     return written
 
@@ -170,32 +254,39 @@ def _start_tflite_worker(model: nn.Module, example: torch.Tensor, settings: Expo
                             int8="int8" in settings.precisions, what="the TFLite conversion")
 
 
-def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout: np.ndarray, labelled,
-             settings: ExportSettings, background) -> list[tuple]:
+def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout: np.ndarray,
+             labelled: _Labelled | None, settings: ExportSettings, background) -> list[_Converted]:
     """Every requested file converted and checked against PyTorch on ``holdout``, in memory."""
     with torch.inference_mode():
         reference = torch.cat([model(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK]))
                                for i in range(0, len(holdout), REFERENCE_CHUNK)]).numpy()
-    pending = []
-    for fmt in settings.formats:
-        for precision, exp, extra, parity in _converted(fmt, name, model, example, calib, holdout, reference,
-                                                        labelled, settings, background):
-            if parity is None:  # an int8 file's was measured when its calibration was chosen
-                parity = compare(reference, _outputs(exp, holdout))
-            floor = SQNR_FLOOR_DB["int8" if precision == "mixed" else precision]
-            accepted = _accurate_enough(extra, settings)
-            if accepted is not None and parity.sqnr_db < floor:  # NaN is never accepted
-                extra = {**extra, "note": "; ".join(filter(None, (extra.get("note"), accepted.format(
-                    sqnr=parity.sqnr_db, floor=floor))))}
-            elif not settings.force:
-                try:
-                    parity.check(min_sqnr_db=floor)
-                except AssertionError as e:
-                    hint = "" if precision == "fp32" else "; --max-drop POINTS accepts it on measured top-1 instead"
-                    raise ValueError(f"{fmt} {precision} of {name} is not faithful to PyTorch (SQNR floor {floor} dB; "
-                                     f"--force writes it anyway{hint}){_tries_said(extra)}:\n{e}") from None
-            pending.append((fmt, precision, exp, parity, extra))
-    return pending
+    return [_faithful(name, conv, reference, holdout, settings)
+            for fmt in settings.formats
+            for conv in _converted(fmt, name, model, example, calib, holdout, reference, labelled, settings,
+                                   background)]
+
+
+def _faithful(name: str, conv: _Converted, reference: np.ndarray, holdout: np.ndarray,
+              s: ExportSettings) -> _Converted:
+    """``conv`` with its parity against PyTorch; refused below its SQNR floor unless ``s.force`` or,
+    with ``max_drop``, its measured top-1 accepts it (a note then says so)."""
+    parity = conv.parity  # an int8 file's was measured when its calibration was chosen
+    if parity is None:
+        parity = compare(reference, _outputs(conv.exp, holdout))
+    floor = SQNR_FLOOR_DB["int8" if conv.precision == "mixed" else conv.precision]
+    extras = conv.extras
+    accepted = _accurate_enough(extras, s)
+    if accepted is not None and parity.sqnr_db < floor:  # NaN is never accepted
+        extras = replace(extras, note="; ".join(filter(None, (extras.note, accepted.format(sqnr=parity.sqnr_db,
+                                                                                           floor=floor)))))
+    elif not s.force:
+        try:
+            parity.check(min_sqnr_db=floor)
+        except AssertionError as e:
+            hint = "" if conv.precision == "fp32" else "; --max-drop POINTS accepts it on measured top-1 instead"
+            raise ValueError(f"{conv.fmt} {conv.precision} of {name} is not faithful to PyTorch (SQNR floor {floor} "
+                             f"dB; --force writes it anyway{hint}){_tries_said(extras)}:\n{e}") from None
+    return replace(conv, parity=parity, extras=extras)
 
 
 def _outputs(exp: Any, x: np.ndarray) -> np.ndarray:
@@ -203,31 +294,30 @@ def _outputs(exp: Any, x: np.ndarray) -> np.ndarray:
     return exp.outputs[0].to_nchw(exp(exp.inputs[0].from_nchw(x)))
 
 
-def _accurate_enough(extra: Mapping[str, Any], s: ExportSettings) -> str | None:
+def _accurate_enough(extras: _Extras, s: ExportSettings) -> str | None:
     """With ``max_drop``, an int8 / mixed file whose measured top-1 drop is within it passes on
     accuracy, the stronger test, whatever its logits' SQNR: a note template saying so, else None."""
-    acc = extra.get("metrics", {}).get("accuracy", {})
-    if s.max_drop is None or acc.get("drop_points") is None or acc["drop_points"] > s.max_drop:
+    acc = extras.accuracy
+    if s.max_drop is None or acc is None or acc.drop_points > s.max_drop:
         return None
     return (f"logits SQNR {{sqnr:.1f}} dB is below the {{floor:g}} dB floor; accepted on measured top-1: a drop "
-            f"of {acc['drop_points']:.2f} points against fp32 on {acc['samples']} {acc['dataset']} images, within "
+            f"of {acc.drop_points:.2f} points against fp32 on {acc.samples} {acc.dataset} images, within "
             f"max_drop {s.max_drop:g}")
 
 
-def _tries_listed(tries: Sequence[Mapping[str, Any]]) -> str:
+def _tries_listed(tries: Sequence[_CalibrationTry]) -> str:
     """Calibration methods tried and the SQNR each gave: ``"minmax 16.34 dB, mse 17.72 dB"``."""
-    return ", ".join(f"{t['method']} {t['sqnr_db']:.2f} dB" for t in tries)
+    return ", ".join(f"{t.method} {t.sqnr_db:.2f} dB" for t in tries)
 
 
-def _tries_said(extra: Mapping[str, Any]) -> str:
-    tries = extra.get("metrics", {}).get("calibration_tries", [])
-    return "; calibrated with " + _tries_listed(tries) if len(tries) > 1 else ""
+def _tries_said(extras: _Extras) -> str:
+    return "; calibrated with " + _tries_listed(extras.tries) if len(extras.tries) > 1 else ""
 
 
-def _labelled(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, np.ndarray, str]:
-    """(images NCHW, labels, dataset name): ``s.accuracy_samples`` seeded test-split images of the
-    calibration source, for the top-1 of ``max_drop``; refused when the source has no labels or no
-    test split apart from the images calibration draws from."""
+def _labelled(pre: Preprocessing, s: ExportSettings) -> _Labelled:
+    """``s.accuracy_samples`` seeded test-split images of the calibration source, for the top-1 of
+    ``max_drop``; refused when the source has no labels or no test split apart from the images
+    calibration draws from."""
     test = load_dataset(s.calib, split="test")
     if test.labels is None:
         raise ValueError(f"max_drop measures top-1, but the calibration source {s.calib!r} has no labels; "
@@ -238,7 +328,7 @@ def _labelled(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, np.nda
                          f"train/ and test/ sub-folders")
     n = min(s.accuracy_samples, len(test))
     idx = np.sort(np.random.default_rng(2).choice(len(test), n, replace=False))
-    return preprocess(test.images[idx], pre), np.asarray(test.labels[idx]), test.name
+    return _Labelled(preprocess(test.images[idx], pre), np.asarray(test.labels[idx]), test.name)
 
 
 def _calibration(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, Calibration]:
@@ -262,7 +352,8 @@ def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
 
 
 def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,
-               holdout: np.ndarray, reference: np.ndarray, labelled, s: ExportSettings, background=None):
+               holdout: np.ndarray, reference: np.ndarray, labelled: _Labelled | None, s: ExportSettings,
+               background=None) -> Iterator[_Converted]:
     """``_convert``, with converter and quantizer failures turned into a ValueError that says which
     export failed (the converters' messages name the op and the module)."""
     from ._background import WorkerDied
@@ -275,8 +366,9 @@ def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, cal
 
 
 def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, holdout: np.ndarray,
-             reference: np.ndarray, labelled, s: ExportSettings, background=None):
-    """Yield (precision, export, manifest extras, parity or None: not measured yet) for one format;
+             reference: np.ndarray, labelled: _Labelled | None, s: ExportSettings,
+             background=None) -> Iterator[_Converted]:
+    """Yield the files of one format, fp32 then int8 (with its parity when it was measured already);
     int8 reuses the fp32 conversion where it can, is calibrated again when below the floor
     (``_calibrated``), and becomes "mixed" when ``max_drop`` makes layers fall back to float. The
     TFLite float graphs come from ``background`` (a worker converting them) when there is one."""
@@ -284,31 +376,31 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
         from .exporters.onnx import export_onnx_fp32
         fp32 = export_onnx_fp32(model, example)
         if "fp32" in s.precisions:
-            yield "fp32", fp32, {}, None
+            yield _Converted(fmt, "fp32", fp32)
         if "int8" in s.precisions:
             yield _int8(lambda method: _OnnxFiles(fp32, calib, replace(s, calib_method=method)), holdout,
                              reference, labelled, s)
     else:
-        from .exporters.tflite import export_tflite_fp32
-        graphs = background.result() if background is not None else {}
+        from .exporters.tflite import FloatGraphs, export_tflite_fp32
+        graphs = background.result() if background is not None else FloatGraphs()
         if "fp32" in s.precisions:
-            yield "fp32", graphs.get("fp32") or export_tflite_fp32(model, example), {}, None
+            yield _Converted(fmt, "fp32", graphs.fp32 or export_tflite_fp32(model, example))
         if "int8" in s.precisions:
             yield _int8(lambda method: _TfliteFiles(model, example, calib, replace(s, calib_method=method),
-                                                         graphs.get("int8")), holdout, reference, labelled, s)
+                                                         graphs.int8), holdout, reference, labelled, s)
 
 
-def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled,
-          s: ExportSettings) -> tuple[str, Any, dict, ParityReport | None]:
+def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled: _Labelled | None,
+          s: ExportSettings) -> _Converted:
     """The int8 (or mixed) file of one format, from the files ``make(method)`` calibrates, with the
     parity measured while choosing the calibration when the file is that int8 one."""
-    files, tries, parity = _calibrated(make, holdout, reference, s)
-    precision, exp, extra = _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), tries, files.s.calib_method)
-    return precision, files.finish(exp), extra, parity if exp is files.int8 else None
+    cal = _calibrated(make, holdout, reference, s)
+    files = cal.files
+    chosen = _with_tries(_int8_or_mixed(files, holdout, labelled, files.s), cal.tries, files.s.calib_method)
+    return replace(chosen, exp=files.finish(chosen.exp), parity=cal.parity if chosen.exp is files.int8 else None)
 
 
-def _calibrated(make, holdout: np.ndarray, reference: np.ndarray,
-                s: ExportSettings) -> tuple[Any, list[dict], ParityReport]:
+def _calibrated(make, holdout: np.ndarray, reference: np.ndarray, s: ExportSettings) -> _Calibrated:
     """The int8 files calibrated with ``s.calib_method``; while their SQNR against PyTorch on
     ``holdout`` is below the floor, calibrated again with each ``s.calib_retry`` method in turn. The
     most faithful one is kept, with every (method, SQNR) tried and its int8 file's parity."""
@@ -317,30 +409,30 @@ def _calibrated(make, holdout: np.ndarray, reference: np.ndarray,
         files = make(method)
         parity = compare(reference, _outputs(files.int8, holdout))
         sqnr = parity.sqnr_db
-        tries.append({"method": method, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else sqnr})
+        tries.append(_CalibrationTry(method, round(sqnr, 2) if math.isfinite(sqnr) else sqnr))
         score = sqnr if not math.isnan(sqnr) else -math.inf
         if best is None or score > best[0]:
             best = (score, files, parity)
         if score >= SQNR_FLOOR_DB["int8"]:
             break
-    return best[1], tries, best[2]
+    return _Calibrated(best[1], tuple(tries), best[2])
 
 
-def _with_tries(converted: tuple[str, Any, dict], tries: list[dict], kept: str) -> tuple[str, Any, dict]:
-    """The manifest extras of an int8 / mixed file with the calibration methods tried; a note when
+def _with_tries(conv: _Converted, tries: tuple[_CalibrationTry, ...], kept: str) -> _Converted:
+    """An int8 / mixed file with the calibration methods tried in its manifest extras; a note when
     the one kept is not the method asked for."""
-    precision, exp, extra = converted
-    extra = {**extra, "metrics": {**extra.get("metrics", {}), "calibration_tries": tries}}
-    if kept != tries[0]["method"]:
-        extra["calibration_method"] = kept
+    extras = replace(conv.extras, tries=tries)
+    if kept != tries[0].method:
         said = (f"{_tries_listed(tries[:1])} was below the {SQNR_FLOOR_DB['int8']:g} dB floor; calibrated "
                 f"again: {_tries_listed(tries[1:])}; kept {kept}")
-        extra["note"] = f"{said}; {extra['note']}" if extra.get("note") else said
-    return precision, exp, extra
+        extras = replace(extras, calibration_method=kept, note=f"{said}; {extras.note}" if extras.note else said)
+    return replace(conv, extras=extras)
 
 
 class _OnnxFiles:
     """The ONNX int8 file, its fp32 source and its mixed variants, for the fallback."""
+
+    fmt = "onnx"
 
     def __init__(self, fp32: Any, calib: np.ndarray, s: ExportSettings):
         self.fp32, self.calib, self.s = fp32, calib, s
@@ -380,6 +472,8 @@ class _OnnxFiles:
 class _TfliteFiles:
     """The TFLite int8 file, the float graph it was quantized from and its mixed variants."""
 
+    fmt = "tflite"
+
     def __init__(self, model: nn.Module, example: torch.Tensor, calib: np.ndarray, s: ExportSettings, graph=None):
         from .exporters.tflite import plan_tflite_int8
         self.model, self.s = model, s
@@ -409,59 +503,64 @@ class _TfliteFiles:
         return tflite_sensitivity(self.plan, self.int8, self.model, x)
 
 
-def _int8_or_mixed(files: Any, holdout: np.ndarray, labelled, s: ExportSettings) -> tuple[str, Any, dict]:
-    """("int8", file, extras) when int8 is within ``max_drop`` (or none is set), else ("mixed", file,
-    extras) with the fewest most-sensitive layers float that fit; extras go into the manifest."""
+def _int8_or_mixed(files: Any, holdout: np.ndarray, labelled: _Labelled | None, s: ExportSettings) -> _Converted:
+    """The int8 file when it is within ``max_drop`` (or none is set), else the mixed one (``_mixed``);
+    with the measurements its manifest keeps."""
     report = files.sensitivity(holdout[:SENSITIVITY_SAMPLES]) if s.sensitivity else None
-    metrics: dict[str, Any] = {}
-    if report is not None:
-        metrics["sensitivity"] = report.to_dict()
+    measured = {} if report is None else {"sensitivity": report.to_dict()}
     if labelled is None:
-        return "int8", files.int8, {"metrics": metrics}
-    x, y, dataset = labelled
-    ref_top1 = top1(files.reference, x, y)
+        return _Converted(files.fmt, "int8", files.int8, _Extras(metrics=measured))
+    x, y = labelled.images, labelled.labels
+    fp32_top1 = top1(files.reference, x, y)
     int8_top1 = top1(lambda v: files.run(files.int8, v), x, y)
-    accuracy = {"dataset": dataset, "split": "test", "samples": int(len(x)), "fp32_top1": ref_top1,
-                "int8_top1": int8_top1, "int8_drop_points": round(100 * (ref_top1 - int8_top1), 3),
-                "max_drop_points": s.max_drop}
-    metrics["accuracy"] = accuracy
-    if 100 * (ref_top1 - int8_top1) <= s.max_drop:
-        accuracy.update(top1=int8_top1, drop_points=accuracy["int8_drop_points"])
-        return "int8", files.int8, {"metrics": metrics}
-    if report is None:
+    acc = _Accuracy(labelled.dataset, int(len(x)), fp32_top1, int8_top1, top1=int8_top1, max_drop=s.max_drop)
+    if 100 * (fp32_top1 - int8_top1) <= s.max_drop:
+        return _Converted(files.fmt, "int8", files.int8, _Extras({**measured, "accuracy": acc.to_dict()}, accuracy=acc))
+    return _mixed(files, holdout, labelled, s, report, measured, acc)
+
+
+def _mixed(files: Any, holdout: np.ndarray, labelled: _Labelled, s: ExportSettings, report: SensitivityReport | None,
+           measured: Mapping[str, Any], acc: _Accuracy) -> _Converted:
+    """The mixed file with the fewest most-sensitive layers float that fit ``max_drop``; ``report``
+    ranks the layers (None: measured here), ``measured`` is what the manifest keeps so far."""
+    x, y = labelled.images, labelled.labels
+    late = {}
+    if report is None:  # measured for the fallback: the manifest lists it after the accuracy
         report = files.sensitivity(holdout[:SENSITIVITY_SAMPLES])
-        metrics["sensitivity"] = report.to_dict()
-    _, layers, steps = fallback(report, files.variant, lambda predict: top1(predict, x, y), reference_top1=ref_top1,
-                                int8_top1=int8_top1, max_drop=s.max_drop, max_float_layers=s.max_float_layers)
+        late = {"sensitivity": report.to_dict()}
+    _, layers, steps = fallback(report, files.variant, lambda predict: top1(predict, x, y),
+                                reference_top1=acc.fp32_top1, int8_top1=acc.int8_top1, max_drop=s.max_drop,
+                                max_float_layers=s.max_float_layers)
     exp = files.final(layers)
-    final_top1 = top1(lambda v: files.run(exp, v), x, y)
-    accuracy.update(top1=final_top1, drop_points=round(100 * (ref_top1 - final_top1), 3))
-    metrics["fallback"] = [step.to_dict() for step in steps]
-    metrics["float_nodes"] = [n for layer in layers for n in layer.nodes]
+    acc = replace(acc, top1=top1(lambda v: files.run(exp, v), x, y))
+    metrics = {**measured, "accuracy": acc.to_dict(), **late, "fallback": [step.to_dict() for step in steps],
+               "float_nodes": [n for layer in layers for n in layer.nodes]}
     note = (f"{len(layers)} of {len(report.layers)} layers kept float: int8 lost "
-            f"{accuracy['int8_drop_points']:.2f} points of top-1, more than max_drop {s.max_drop:g}; this file "
-            f"loses {accuracy['drop_points']:.2f} on {len(x)} {dataset} test images")
-    return "mixed", exp, {"metrics": metrics, "float_layers": tuple(layer.layer for layer in layers), "note": note}
+            f"{acc.int8_drop_points:.2f} points of top-1, more than max_drop {s.max_drop:g}; this file "
+            f"loses {acc.drop_points:.2f} on {acc.samples} {acc.dataset} test images")
+    return _Converted(files.fmt, "mixed", exp, _Extras(metrics, accuracy=acc,
+                                                       float_layers=tuple(layer.layer for layer in layers), note=note))
 
 
-def _manifest(name: str, model: nn.Module, fmt: str, precision: str, exp: Any, parity: ParityReport,
-              pre: Preprocessing, calibration: Calibration | None, weights_file, weights_sha256,
-              extra: Mapping[str, Any] | None = None) -> Manifest:
+def _manifest(name: str, model: nn.Module, conv: _Converted, pre: Preprocessing, calibration: Calibration | None,
+              weights_file, weights_sha256) -> Manifest:
     spec = getattr(model, "spec", None)
-    extra = extra or {}
+    exp, extras = conv.exp, conv.extras
     notes = list(exp.notes)
-    quantized = precision in ("int8", "mixed")
+    quantized = conv.precision in ("int8", "mixed")
     if calibration is not None and calibration.synthetic and quantized:
         notes.append("calibrated on SYNTHETIC data: the int8 ranges do not come from real images")
-    if extra.get("note"):
-        notes.append(extra["note"])
-    if calibration is not None and extra.get("calibration_method"):
-        method = extra["calibration_method"]
+    if extras.note:
+        notes.append(extras.note)
+    if calibration is not None and extras.calibration_method:
+        method = extras.calibration_method
         calibration = replace(calibration, method=method, details=method_from_name(method).to_dict())
-    metrics = {"parity": parity.to_dict(), **dict(getattr(exp, "metrics", {}) or {}), **dict(extra.get("metrics", {}))}
+    metrics = {"parity": conv.parity.to_dict(), **dict(getattr(exp, "metrics", {}) or {}),
+               **extras.manifest_metrics()}
     return Manifest(
-        model=name, format=fmt, precision=precision, inputs=exp.inputs, outputs=exp.outputs, preprocessing=pre,
+        model=name, format=conv.fmt, precision=conv.precision, inputs=exp.inputs, outputs=exp.outputs,
+        preprocessing=pre,
         file_sha256=sha256_bytes(exp.model_bytes), arch=None if spec is None else spec.to_dict(),
         weights_sha256=weights_sha256, weights_file=None if weights_file is None else str(Path(weights_file).resolve()),
         num_classes=model.default_cfg.get("num_classes"), calibration=calibration if quantized else None,
-        float_layers=tuple(extra.get("float_layers", ())), tools=dict(exp.tools), notes=tuple(notes), metrics=metrics)
+        float_layers=extras.float_layers, tools=dict(exp.tools), notes=tuple(notes), metrics=metrics)

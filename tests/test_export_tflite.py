@@ -19,9 +19,11 @@ pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch")
 pytest.importorskip("ai_edge_quantizer", reason="TFLite int8 needs ai-edge-quantizer")
 pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
 
-from edgekit.exporters import tflite as tfl  # noqa: E402
 from edgekit.exporters.tflite import (INT8_KERNEL_OPS, ConversionError, benchmark_tflite,  # noqa: E402
                                       export_tflite_fp32, export_tflite_int8, op_list, run_tflite)
+from edgekit.exporters.tflite.conversion import prepare  # noqa: E402
+from edgekit.exporters.tflite.interpreter import make_interpreter  # noqa: E402
+from edgekit.exporters.tflite.tools import describe_failure  # noqa: E402
 from edgekit.models import create_model, get_cfg  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -127,6 +129,14 @@ def test_fp32_records_tools_and_route(fast):
     assert exp.convert_seconds > 0
 
 
+def test_fp32_tensor_names_start_at_the_nhwc_wrapper(fast):
+    """Tensor names (what ranges= and float_ops take) begin with the NHWC wrapper's qualified name,
+    the same wherever the wrapper's class is defined, so saved names keep working."""
+    names = [t["name"] for op in op_list(fast["fp32"].model_bytes) for t in op["outputs"]]
+    inner = [n for n in names if not n.startswith("serving_default_")]  # the output's own name
+    assert inner and all(n.startswith("edgekit.exporters.tflite._ChannelsLast/") for n in inner), inner[:3]
+
+
 # ---- int8 -----------------------------------------------------------------------------------------------
 
 def test_int8_convs_and_fc_are_int8_kernels(fast):
@@ -171,7 +181,7 @@ def test_int8_agrees_with_pytorch_on_real_images(fast):
 
 def test_int8_concat_inputs_share_the_output_scale(fast):
     """One scale per concat group (inputs and output), so no int8->int8 requantize is needed."""
-    interp = tfl._interpreter(fast["int8"].model_bytes)
+    interp = make_interpreter(fast["int8"].model_bytes)
     q = {d["name"]: d["quantization"] for d in interp.get_tensor_details()}
     concats = [op for op in op_list(fast["int8"].model_bytes) if op["op"] == "CONCATENATION"]
     assert concats
@@ -241,11 +251,11 @@ def test_mlir_failure_text_is_summarised():
     e = RuntimeError("Failed to run converter passes: /x/torch/nn/modules/conv.py:565:0: error: 'tfl.pad' op "
                      "quantization parameters violate the same scale constraint: !quant.uniform<i8:f32, 0.03>")
     log = 'loc(fused["model.blocks.3.0.ghost1/torch.nn.modules.conv.Conv2d_0"]) error: x'
-    msg = tfl._describe_failure("TFLite conversion", e, log, None)
+    msg = describe_failure("TFLite conversion", e, log, None)
     assert msg.startswith("TFLite conversion failed at op tfl.pad, module model.blocks.3.0.ghost1"), msg
     assert "'tfl.pad' op quantization parameters violate the same scale constraint" in msg
     assert "more converter errors" in msg  # the second error line stays in .log
-    bare = tfl._describe_failure("TFLite conversion", e, "", None)  # no location but the layer's source line
+    bare = describe_failure("TFLite conversion", e, "", None)  # no location but the layer's source line
     assert "at op tfl.pad, layer source /x/torch/nn/modules/conv.py:565:" in bare, bare
 
 
@@ -286,7 +296,8 @@ class _Patterns(nn.Module):
 def test_int8_rewrites_keep_the_function_and_remove_the_ops():
     model = _Patterns().eval()
     x = torch.randn(2, 3, 16, 16)
-    gm, example, layout = tfl._prepared(model, x[:1], "NHWC", int8_rewrites=True)
+    prepared = prepare(model, x[:1], "NHWC", int8_rewrites=True)
+    gm = prepared.graph
     targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     for gone in ("hardswish", "hardsigmoid", "prelu", "avg_pool2d", "batch_norm"):
         assert not any(gone in t for t in targets), (gone, targets)
@@ -294,19 +305,19 @@ def test_int8_rewrites_keep_the_function_and_remove_the_ops():
         want = model(x)
         got = torch.cat([gm(x[i:i + 1].permute(0, 2, 3, 1).contiguous()) for i in range(2)])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert layout == "NHWC" and example.shape == (1, 16, 16, 3)
+    assert prepared.example.shape == (1, 16, 16, 3)  # NHWC
 
 
 def test_prelu_with_a_slope_of_one_or_more_is_left_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.PReLU(4)).eval()
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.1, 0.2, 1.5, 0.3]))
-    gm, _, _ = tfl._prepared(model, torch.randn(1, 3, 8, 8), "NHWC", int8_rewrites=True)
+    gm = prepare(model, torch.randn(1, 3, 8, 8), "NHWC", int8_rewrites=True).graph
     assert any("prelu" in str(n.target) for n in gm.graph.nodes)
 
 
 def test_fp32_graph_is_not_rewritten():
-    gm, _, _ = tfl._prepared(_Patterns().eval(), torch.randn(1, 3, 16, 16), "NHWC", int8_rewrites=False)
+    gm = prepare(_Patterns().eval(), torch.randn(1, 3, 16, 16), "NHWC", int8_rewrites=False).graph
     targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     assert any("hardswish" in t for t in targets) and any("avg_pool2d" in t for t in targets)
 
@@ -347,7 +358,7 @@ class _Shuffled(nn.Module):
 def test_channel_shuffle_beside_a_conv_is_folded_into_it():
     model = _Shuffled().eval()
     x = torch.randn(2, 8, 8, 8)
-    gm, _, _ = tfl._prepared(model, x[:1], "NHWC")
+    gm = prepare(model, x[:1], "NHWC").graph
     transposes = [n for n in gm.graph.nodes if n.op == "call_function" and "transpose" in str(n.target)]
     assert len(transposes) == 1, "the two grouped blocks' shuffles are folded; the one beside an add stays"
     convs = [n for n in gm.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]

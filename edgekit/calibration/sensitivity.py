@@ -163,15 +163,15 @@ def _tflite_layout(x: np.ndarray, exp: Any) -> np.ndarray:
 def _tflite_tensors(model_bytes: bytes, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Float values (dequantized where int8) of the named tensors over the batch ``x``; tensors the
     file does not have are left out."""
-    from ..exporters.tflite import _interpreter, _to_input
-    it = _interpreter(model_bytes, preserve=True)
+    from ..exporters.tflite.interpreter import make_interpreter, to_input
+    it = make_interpreter(model_bytes, preserve=True)
     (inp,) = it.get_input_details()
     details = {d["name"]: d for d in it.get_tensor_details()}
     present = [n for n in names if n in details]
     b = int(inp["shape"][0])
     got: dict[str, list[np.ndarray]] = {n: [] for n in present}
     for i in range(0, len(x) - b + 1, b):
-        it.set_tensor(inp["index"], _to_input(x[i:i + b], inp))
+        it.set_tensor(inp["index"], to_input(x[i:i + b], inp))
         it.invoke()
         for n in present:
             d = details[n]

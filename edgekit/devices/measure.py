@@ -220,15 +220,8 @@ def _paths_of(entry: Mapping[str, str], fmt: str, model) -> tuple[str, ...]:
     if fmt == "onnx":
         node = entry["node"]
         return (node.rsplit("/", 1)[0],) if "/" in node else ()
-    from ..exporters.tflite import _walk
-    paths = []
-    for loc in entry["tensor"].split(";"):
-        parts = loc.split("/")
-        if len(parts) >= 3 and parts[0].endswith("_ChannelsLast") and parts[1].endswith("_model"):
-            path = _walk(model, parts[2:])
-            if path:
-                paths.append(path)
-    return tuple(paths)
+    from ..exporters.tflite.tensor_names import module_paths
+    return tuple(path for path in module_paths(entry["tensor"], model) if path)
 
 
 def _as_nchw(y: np.ndarray, fmt: str, nhwc: bool) -> np.ndarray:

@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	BIN=$(BIN) scripts/demo.sh
 
-# Two workers (the machine's two cores), each module whole on one worker; the ten slowest tests and
-# the suite's wall time printed at the end.
+# Two pytest-xdist workers (the machine's two cores), each module whole on one worker so its module
+# fixtures are built once; the ten slowest tests and the suite's wall time are printed at the end.
 PYTEST := $(BIN)/python -m pytest -q -n $(or $(JOBS),2) --dist loadfile --durations=10
 
 test: setup

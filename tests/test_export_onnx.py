@@ -16,7 +16,7 @@ from torch import nn
 from edgekit.exporters import onnx as ex
 from edgekit.exporters.onnx import (OnnxExportError, benchmark_onnx, export_onnx_fp32, int8_structure,
                                     quantize_onnx_int8, sqnr_db)
-from edgekit.models import create_model, get_cfg, list_models
+from edgekit.models import create_model, get_cfg
 from helpers import Tiny
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -408,20 +408,3 @@ def test_benchmark_onnx(tiny):
     assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
     with pytest.raises(ValueError, match="runs"):
         benchmark_onnx(fp32.model_bytes, held[:1], runs=0)
-
-
-# ---- slow: every registered model --------------------------------------------------------------
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_exports_and_quantizes(name, fmnist):
-    """Every registered variant at its smallest input (32 px, or the family's minimum) with BN
-    statistics from one batch of real images: what is checked (the graph converts, folds, matches
-    PyTorch and quantizes to the int8 structure) does not depend on the input size."""
-    model = _zoo(name, fmnist, side=32, bn_images=32)
-    x = _model_inputs(model, fmnist["test"][:2])
-    fp32 = export_onnx_fp32(model, torch.from_numpy(x[:1]))
-    _check_fp32(model, fp32, x)
-    int8 = quantize_onnx_int8(fp32, _model_inputs(model, fmnist["train"][1000:1008]), speed_check=False)
-    _check_int8_structure(int8.model_bytes)
-    assert np.isfinite(int8(x)).all()

@@ -11,12 +11,13 @@ from edgekit.models.arch import ArchNet, ArchSpec, from_arch
 from reference_figures import FIGURES, MACS_TOL, PARAMS_TOL
 
 ALL = list_models()
-# torch.export traces for seconds per network whatever its size: the fast tier exports the smallest
-# variant of each family, the slow tier every other one.
+# torch.export traces for seconds per network whatever its size: here the smallest variant of each
+# family; every variant is exported with it by the ONNX sweep (tests/test_zoo_onnx.py), whose
+# outputs are compared with PyTorch's.
 _SMALLEST = {}
 for _n in sorted(ALL, key=lambda n: FIGURES[n][3]):
     _SMALLEST.setdefault(get_cfg(_n).family, _n)
-EXPORT_FAST = set(_SMALLEST.values())
+EXPORT_FAST = sorted(_SMALLEST.values())
 
 
 def test_registry_matches_the_reference_list():
@@ -64,7 +65,7 @@ def test_small_edge_variant_runs_on_cpu(name):
     assert not torch.allclose(y[0], y[1]), "different inputs must give different outputs"
 
 
-@pytest.mark.parametrize("name", [n if n in EXPORT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in ALL])
+@pytest.mark.parametrize("name", EXPORT_FAST)
 def test_torch_export_batch1(name):
     """The ImageNet configuration (3 channels, its classes) at a small input: tracing does not depend
     on the input size, running the network at 600 px only costs time."""

@@ -33,6 +33,23 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture
+def edgekit_cli(capsys):
+    """``edgekit_cli(*args)`` runs the command through the same ``main`` as the console script, in this
+    process (no second torch import): a CompletedProcess with its exit code, stdout and stderr."""
+    import subprocess
+    from edgekit import cli
+
+    def run(*args):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["edgekit", *map(str, args)], code, out, err)
+    return run
+
+
 # ---- exports made once per run, shared across modules and pytest-xdist workers -------------------
 
 @pytest.fixture(scope="session")

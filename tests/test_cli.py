@@ -6,22 +6,15 @@ import sys
 
 import pytest
 
-from edgekit import cli
 from edgekit.models import list_models
 
 
 @pytest.fixture
-def edgekit(capsys):
-    def run(*args):
-        try:
-            code = cli.main(list(args))
-        except SystemExit as e:  # argparse's own refusals
-            code = e.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(["edgekit", *args], code, out, err)
-    return run
+def edgekit(edgekit_cli):
+    return edgekit_cli
 
 
+@pytest.mark.slow  # profiles all 40 variants; the fast tier has their figures (test_models) and the table
 def test_models_json_lists_every_variant_with_params_and_macs(edgekit):
     r = edgekit("models", "--json")
     assert r.returncode == 0, r.stderr

@@ -140,14 +140,14 @@ def test_artifact_changed_after_export_is_refused(artifacts, tmp_path, home):
     assert r.returncode == 2 and "truncated or corrupted" in r.stderr
 
 
-def test_unknown_device_and_format_are_clear_errors(tmp_path):
+def test_unknown_device_and_format_are_clear_errors(tmp_path, edgekit_cli):
     f = tmp_path / "m.pb"
     f.write_bytes(b"x")
-    r = cli("run", str(f))
+    r = edgekit_cli("run", str(f))
     assert r.returncode == 2 and "unknown model format '.pb'" in r.stderr
     g = tmp_path / "m.onnx"
     g.write_bytes(b"x")
-    r = cli("run", str(g), "--device", "tcp://phone")
+    r = edgekit_cli("run", str(g), "--device", "tcp://phone")
     assert r.returncode == 2 and "ssh://user@host[:port]" in r.stderr and "adb://SERIAL" in r.stderr
 
 

@@ -149,12 +149,12 @@ def test_below_the_floor_int8_is_calibrated_again_and_the_best_kept(tmp_path, mo
     assert [t["method"] for t in f.artifact.manifest.metrics["calibration_tries"]] == ["minmax"]
 
 
-def test_cli_errors_exit_nonzero(tmp_path):
-    r = cli("export", "ghostnet_05", "--out", str(tmp_path))
+def test_cli_errors_exit_nonzero(tmp_path, edgekit_cli):
+    r = cli("export", "ghostnet_05", "--out", str(tmp_path))  # once as its own process, as a user runs it
     assert r.returncode == 2 and "did you mean" in r.stderr
-    r = cli("export", "ghostnet_0_5", "--out", str(tmp_path / "missing"))
+    r = edgekit_cli("export", "ghostnet_0_5", "--out", str(tmp_path / "missing"))
     assert r.returncode == 2 and "does not exist" in r.stderr
-    r = cli("validate", str(tmp_path / "nothing.tflite"))
+    r = edgekit_cli("validate", str(tmp_path / "nothing.tflite"))
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 

@@ -108,7 +108,7 @@ def pytest_runtest_makereport(item, call):
         hint = ("share its set-up (a session fixture, `exported`), shrink the input, or split it"
                 if slow else "mark it @pytest.mark.slow, or share its set-up through a session fixture")
         report.longrepr = (f"{item.nodeid} took {took:.1f} s (set-up {item.stash.get(_SETUP_S, 0.0):.1f} s), over "
-                           f"the {budget:.0f} s budget of a {'slow' if slow else 'fast-tier'} test: {hint}")
+                           f"the {budget:g} s budget of a {'slow' if slow else 'fast-tier'} test: {hint}")
 
 
 _SETUP_S = pytest.StashKey[float]()
@@ -121,4 +121,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     wall = time.monotonic() - _START
     terminalreporter.write_line(f"suite wall time: {wall:.0f} s (budget {SUITE_BUDGET_S[tier]} s for "
                                 f"{'make test-fast' if tier == 'fast' else 'make test'}; per test: "
-                                f"{FAST_BUDGET_S:.0f} s fast tier, {SLOW_BUDGET_S:.0f} s slow)")
+                                f"{FAST_BUDGET_S:g} s fast tier, {SLOW_BUDGET_S:g} s slow)")

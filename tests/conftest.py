@@ -20,8 +20,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker: torch's own th
     import torch
     torch.set_num_threads(1)
 
-FAST_BUDGET_S = float(os.environ.get("EDGEKIT_TEST_FAST_BUDGET_S", 30))
-SLOW_BUDGET_S = float(os.environ.get("EDGEKIT_TEST_SLOW_BUDGET_S", 240))
+# Budgets with room for this shared 2-core VM's slow hours (the same test has run 1.7x slower from
+# one hour to the next here): the largest fast-tier set-up measured 24-36 s, the slowest test 50-88 s.
+FAST_BUDGET_S = float(os.environ.get("EDGEKIT_TEST_FAST_BUDGET_S", 60))
+SLOW_BUDGET_S = float(os.environ.get("EDGEKIT_TEST_SLOW_BUDGET_S", 300))
 SUITE_BUDGET_S = {"all": 15 * 60, "fast": 90}
 _START = time.monotonic()
 
@@ -115,7 +117,7 @@ _SETUP_S = pytest.StashKey[float]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller prints it
         return
     tier = "fast" if (config.getoption("markexpr") or "").strip() == "not slow" else "all"
     wall = time.monotonic() - _START

@@ -55,11 +55,11 @@ def edgekit_cli(capsys):
 # ---- exports made once per run, shared across modules and pytest-xdist workers -------------------
 
 @pytest.fixture(scope="session")
-def shared_root(tmp_path_factory) -> Path:
+def shared_root(tmp_path_factory, request) -> Path:
     """One folder for the whole run: under xdist every worker has its own base temp, their parent is
     common to all of them."""
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-exports"
+    root = (base.parent if hasattr(request.config, "workerinput") else base) / "shared-exports"
     root.mkdir(exist_ok=True)
     return root
 

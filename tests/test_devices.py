@@ -19,7 +19,7 @@ from edgekit.devices.measure import measure, real_inputs
 from edgekit.devices.stats import Protocol, from_aggregate, summarize
 from edgekit.devices.store import ResultStore
 from edgekit.export import ExportSettings, export
-from edgekit.exporters.artifact import sha256_file
+from edgekit.exporters.artifact import load_artifact, sha256_file
 from edgekit.models import create_model
 from edgekit.train import save_weights
 from helpers import randomise_bn
@@ -49,10 +49,9 @@ def export_small(out: Path) -> None:
 def small_files(folder: Path) -> dict:
     """{(format, precision): path} of the exported files in ``folder``, read from their manifests."""
     files = {}
-    for manifest in sorted(folder.glob("*.manifest.json")):
-        doc = json.loads(manifest.read_text())
-        stem = manifest.name[:-len(".manifest.json")]
-        files[(doc["format"], doc["precision"])] = folder / f"{stem}.{doc['format']}"
+    for path in sorted([*folder.glob("*.onnx"), *folder.glob("*.tflite")]):
+        m = load_artifact(path).manifest
+        files[(m.format, m.precision)] = path
     return files
 
 

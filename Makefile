@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.edgekit-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: Fashion-MNIST (real calibration and accuracy data, no downloads at run time);
-# openssh-server (the ssh device tests and benchmark start a real sshd on 127.0.0.1).
-APT_PACKAGES := dataset-fashion-mnist openssh-server
+# openssh-server (the ssh device tests and benchmark start a real sshd on 127.0.0.1); qemu-user-static
+# and mmdebstrap (emulated Raspberry Pi boards: an arm64 Debian Python run under qemu-aarch64).
+APT_PACKAGES := dataset-fashion-mnist openssh-server qemu-user-static mmdebstrap
 
 .PHONY: setup system-deps demo test test-fast clean
 

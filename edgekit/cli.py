@@ -199,43 +199,117 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
-    from .devices.base import DeviceError
     from .devices.measure import measure
     from .devices.stats import Protocol
 
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs,
                         max_runs=args.max_runs or max(args.runs, 4 * args.runs), target_cv=args.target_cv,
                         pin=not args.no_pin, blocks=args.blocks, gap_ms=args.gap_ms)
+    if args.against:
+        return _run_against(args, protocol, out)
+
+    def show(m) -> None:
+        _print_run(m, out)
+        if m.per_layer is not None:
+            _print_per_layer(m.per_layer, out, args.top)
+
+    done = _each_file(args, "runs", show, lambda artifact: measure(
+        artifact, device=args.device, protocol=protocol, compare=args.compare, data=args.data,
+        per_layer=args.per_layer, samples=args.samples, weights=args.weights, store=not args.no_store,
+        **_device_options(args)))
+    if done is None:
+        return 3
+    if not args.json and len(done) > 1:
+        out.print(_run_table(list(zip(args.artifacts, done))))
+    return 0
+
+
+def _device_options(args: argparse.Namespace) -> dict:
+    return {"profile": args.device_profile, "python": args.device_python, "ssh_options": args.ssh_option,
+            "cache_dir": args.device_cache, "adb": args.adb, "benchmark_binary": args.benchmark_binary}
+
+
+def _each_file(args: argparse.Namespace, key: str, show, work) -> list | None:
+    """``work(artifact)`` for every file of ``run``, each shown as it finishes (or all printed as
+    one JSON document); None after a device error, which is printed."""
+    from .devices.base import DeviceError
+
     done = []
     for artifact in args.artifacts:
         try:
-            m = measure(artifact, device=args.device, protocol=protocol, compare=args.compare, data=args.data,
-                        per_layer=args.per_layer,
-                        samples=args.samples, weights=args.weights, store=not args.no_store,
-                        profile=args.device_profile, python=args.device_python, ssh_options=args.ssh_option,
-                        cache_dir=args.device_cache, adb=args.adb, benchmark_binary=args.benchmark_binary)
+            item = work(artifact)
         except DeviceError as e:
             Console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-            return 3
-        done.append(m)
+            return None
+        done.append(item)
         if not args.json:
-            _print_run(m, out)
-            if m.per_layer is not None:
-                _print_per_layer(m.per_layer, out, args.top)
+            show(item)
     if args.json:
-        docs = [m.to_dict() for m in done]
-        print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2))
-    elif len(done) > 1:
-        out.print(_run_table(list(zip(args.artifacts, done))))
-    return 0
+        docs = [item.to_dict() for item in done]
+        print(json.dumps(docs[0] if len(docs) == 1 else {key: docs}, indent=2))
+    return done
+
+
+def _run_against(args: argparse.Namespace, protocol, out: Console) -> int:
+    """``run --against``: every file on both devices, compared output by output."""
+    from .devices.crosscheck import compare_devices
+
+    if args.compare:
+        raise ValueError("--against compares two devices with each other; run --compare on each device for "
+                         "parity with PyTorch")
+    done = _each_file(args, "comparisons", lambda c: _print_against(c, out), lambda artifact: compare_devices(
+        artifact, args.device, against=args.against, protocol=protocol, data=args.data, samples=args.samples,
+        per_layer=args.per_layer, store=not args.no_store, **_device_options(args)))
+    return 3 if done is None else 0
+
+
+def _print_against(c, out: Console) -> None:
+    say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
+    a, b = c.a, c.b
+    verdict = "the same outputs" if c.agree else "different outputs"
+    say(f"{a.model} ({a.format} {a.precision}) on {a.device} against {b.device}: {verdict}")
+    for r in (a, b):
+        fp = r.fingerprint
+        isa = "" if fp.get("isa_features") is None else f", {' '.join(fp['isa_features']) or 'no int8 ISA features'}"
+        emu = ", emulated" if fp.get("emulated") else ""
+        say(f"  {r.device}: {fp.get('cpu_model')} ({fp.get('arch')}{isa}{emu}), {fp.get('runtime')} "
+            f"{fp.get('runtime_version')}, {kernels_of(r)}")
+    say(f"  inputs: {c.inputs_source}")
+    for o in c.outputs:
+        say(f"  output {o.name}: {o.format()}")
+    if c.layers is not None:
+        first = c.first_parting
+        say(f"  per-layer: {len(c.layers)} tensors compared ({c.kernels})")
+        if first is None:
+            say("  first tensor where they part: none")
+        else:
+            k = c.layers.index(first) + 1
+            say(f"  first tensor where they part: #{k} {first.name} ({first.op}): {first.format()}")
+            parted = [lay for lay in c.layers if lay.parts]
+            say(f"  {len(parted)} of {len(c.layers)} tensors differ")
+    for note in dict.fromkeys(a.notes + b.notes):
+        say(f"  note: {note}")
+    if c.stored_ids:
+        say(f"  stored as results {', '.join(map(str, c.stored_ids))}")
+
+
+def kernels_of(r) -> str:
+    """Which kernels ran a result: XNNPACK's share of a TFLite graph, or the runtime's delegate."""
+    x = r.conditions.get("xnnpack")
+    if x:
+        return (f"XNNPACK took {x['delegated_ops']} of {x['ops']} ops" if x["delegated_ops"]
+                else f"XNNPACK took none of {x['ops']} ops")
+    return str(r.fingerprint.get("delegate"))
 
 
 def _print_run(m, out: Console) -> None:
     r, fp = m.result, m.result.fingerprint
     say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
-    say(f"{r.model} ({r.format} {r.precision}) on {r.device}: {r.stats.format()}")
-    say(f"  {fp.get('runtime')} {fp.get('runtime_version')}, {fp.get('threads')} thread(s), cores "
-        f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}, {fp.get('cores')} cores), "
+    timing = f"emulated, not a latency: {r.stats.format()}" if fp.get("emulated") else r.stats.format()
+    say(f"{r.model} ({r.format} {r.precision}) on {r.device}: {timing}")
+    isa = "" if fp.get("isa_features") is None else f", {' '.join(fp['isa_features']) or 'no int8 ISA features'}"
+    say(f"  {fp.get('runtime')} {fp.get('runtime_version')}, {kernels_of(r)}, {fp.get('threads')} thread(s), cores "
+        f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}{isa}, {fp.get('cores')} cores), "
         f"load {r.conditions.get('load_average_before')}")
     say(f"  inputs: {m.inputs_source}")
     if m.parity:
@@ -274,7 +348,8 @@ def _print_per_layer(pl, out: Console, top: int) -> None:
 def _run_table(done) -> Table:
     """One row per (file, measurement): the summary `make demo` ends with."""
     first = done[0][1].result
-    table = Table(title=f"on {first.device}, {first.fingerprint.get('threads')} thread(s)")
+    emu = ", emulated: the times are not latencies" if first.fingerprint.get("emulated") else ""
+    table = Table(title=f"on {first.device}, {first.fingerprint.get('threads')} thread(s){emu}")
     for col in ("file", "format", "precision", "median ms", "p90 ms", "CV %", "SQNR dB", "top-1 agree"):
         table.add_column(col, justify="left" if col in ("file", "format", "precision") else "right",
                          overflow="fold")
@@ -301,15 +376,62 @@ def cmd_results(args: argparse.Namespace, out: Console) -> int:
         print(json.dumps({"database": str(store.path), "results": rows}, indent=2))
         return 0
     table = Table(title=f"{len(rows)} result(s) in {store.path}")
-    for col in ("id", "model", "device", "format", "precision", "median ms", "p90 ms", "CV %", "runtime", "threads"):
+    for col in ("id", "model", "device", "format", "precision", "median ms", "p90 ms", "CV %", "runtime", "threads",
+                "emulated"):
         table.add_column(col, justify="right" if col in ("id", "median ms", "p90 ms", "CV %", "threads") else "left")
     for r in rows:
         fp = r["fingerprint"]
         med = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
         p90 = "-" if r["p90_ms"] is None else f"{r['p90_ms']:.3f}"
+        emu = fp.get("emulated")
         table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], med, p90,
-                      f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}", str(fp.get("threads")))
+                      f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}", str(fp.get("threads")),
+                      f"yes ({emu.get('cpu') or 'unknown CPU'}): not a latency" if emu else "no")
     out.print(table)
+    if any(r["fingerprint"].get("emulated") for r in rows):
+        out.print("rows marked emulated ran under an emulator: their times are not the board's latency",
+                  highlight=False)
+    return 0
+
+
+def cmd_board(args: argparse.Namespace, out: Console) -> int:
+    from .devices import boards
+
+    say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
+    log = (lambda msg: None) if args.json else say
+    if args.action == "list":
+        rows = boards.list_boards()
+        if args.json:
+            print(json.dumps({"boards_dir": str(boards.boards_dir()), "boards": rows}, indent=2))
+            return 0
+        table = Table(title=f"emulated boards in {boards.boards_dir()} (device qemu://NAME)")
+        for col in ("name", "board", "qemu cpu", "state", "runtimes", "int8 features"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            runtimes = ", ".join(f"{k} {v}" for k, v in r.get("runtimes", {}).items()) or "-"
+            feats = " ".join(f for f in ("asimd", "asimddp", "i8mm", "sve", "sve2") if f in r.get("features", [])) or "-"
+            table.add_row(r["name"], r["board"], r["qemu_cpu"], f"{r['state']}: {r['detail']}", runtimes, feats)
+        out.print(table)
+        return 0
+    names = args.names or []
+    if not names:
+        raise ValueError(f"board {args.action} needs board name(s); known boards: {', '.join(sorted(boards.BOARDS))}")
+    for name in names:
+        boards.spec_of(name)  # every name checked before anything is built or removed
+    done = []
+    for name in names:
+        if args.action == "remove":
+            removed = boards.remove_board(name)
+            done.append({"name": name, "removed": removed})
+            if not args.json:
+                say(f"board {name} removed" if removed else f"board {name} was not built; nothing to remove")
+            continue
+        board = boards.ensure_board(name, rebuild=args.action == "rebuild", log=log)
+        done.append({"name": name, "path": str(board.path), **board.info})
+        if not args.json:
+            say(f"board {name} ready: {board.path} (device qemu://{name})")
+    if args.json:
+        print(json.dumps({"boards": done}, indent=2))
     return 0
 
 
@@ -401,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an exported (or third-party) file on a device: outputs, latency, parity")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
                    help=".onnx or .tflite file(s) (each with its manifest beside it, if any)")
-    p.add_argument("--device", default="local", help="local, ssh://user@host[:port] or adb://SERIAL")
+    p.add_argument("--device", default="local", help="local, ssh://user@host[:port], adb://SERIAL or qemu://pi4 "
+                   "| qemu://pi5 (emulated)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=50, help="timed runs (at least; more while the CV is high)")
     p.add_argument("--warmup", type=int, default=10)
@@ -414,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-ms", type=float, default=0.0, help="sleep between blocks, ms")
     p.add_argument("--no-pin", action="store_true", help="do not pin the agent to cores")
     p.add_argument("--compare", action="store_true", help="run the PyTorch reference on the same inputs")
+    p.add_argument("--against", metavar="DEVICE", help="run the file on this device too, on the same inputs, and "
+                   "compare the two devices' outputs (int8 steps / abs); with --per-layer, the first tensor where "
+                   "they part")
     p.add_argument("--per-layer", action="store_true", help="with --compare: every intermediate tensor against "
                    "its PyTorch module (SQNR per layer, the first layer where it drops)")
     p.add_argument("--top", type=int, default=10, help="--per-layer: how many of the worst layers to print")
@@ -430,6 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-store", action="store_true", help="do not append the result to the results store")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("board", help="emulated ARM boards (qemu://pi4, qemu://pi5): list, build, rebuild, remove")
+    p.add_argument("action", choices=("list", "build", "rebuild", "remove"))
+    p.add_argument("names", nargs="*", metavar="NAME", help="pi4, pi5")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_board)
     p = sub.add_parser("results", help="list stored measurements")
     p.add_argument("--model")
     p.add_argument("--device")

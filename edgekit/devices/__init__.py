@@ -1,6 +1,7 @@
 """Devices: run an exported file somewhere, bring back its outputs, latencies and fingerprint.
 
-``open_device("local" | "ssh://user@host[:port]" | "adb://SERIAL", **options)`` returns a device;
+``open_device("local" | "ssh://user@host[:port]" | "adb://SERIAL" | "qemu://pi4", **options)`` returns a
+device (``qemu://`` boards are emulated: ``boards.py``);
 ``measure(...)`` (in ``measure.py``) runs an artifact on it, compares with PyTorch and stores the result.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 
 __all__ = ["open_device", "load_profile", "DEVICE_KINDS"]
 
-DEVICE_KINDS = ("local", "ssh://user@host[:port]", "adb://SERIAL")
+DEVICE_KINDS = ("local", "ssh://user@host[:port]", "adb://SERIAL", "qemu://pi4 | qemu://pi5 (emulated)")
 _PROFILE_KEYS = {"python", "ssh_options", "cache_dir", "adb", "benchmark_binary", "device_dir", "timeout",
                  "connect_timeout"}
 
@@ -59,6 +60,9 @@ def open_device(address: str = "local", *, profile: str | Path | None = None, **
         from .adb import AdbDevice
         return AdbDevice(address, **_pick(settings, ("python", "adb", "benchmark_binary", "device_dir", "timeout"),
                                           address))
+    if address.startswith("qemu://"):
+        from .qemu import QemuDevice
+        return QemuDevice(address, **_pick(settings, ("timeout", "connect_timeout"), address))
     raise ValueError(f"device {address!r} is not one of {', '.join(DEVICE_KINDS)}")
 
 

@@ -108,6 +108,7 @@ class Runner:
             self._it.allocate_tensors()
             self._in = self._it.get_input_details()
             self._out = self._it.get_output_details()
+            self.xnnpack = xnnpack_delegation(self._it._get_ops_details())
         elif self.path.endswith(".onnx"):
             self.format = "onnx"
             ort, self.runtime_version = _onnx_runtime()
@@ -204,6 +205,68 @@ class Runner:
         return outs
 
 
+def _tflite_all_outputs(path: str) -> bytes | None:
+    """The .tflite file with every op output of its main graph added to the graph's outputs, or None
+    when this runtime has no flatbuffer schema to rewrite it with. Constant data stored past the end
+    of the flatbuffer (offset buffers) is moved inline."""
+    try:
+        import flatbuffers
+        try:
+            from ai_edge_litert import schema_py_generated as schema
+        except ImportError:
+            from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:
+        return None
+    with open(path, "rb") as f:
+        buf = f.read()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    for b in model.buffers or ():
+        if b.offset and b.offset > 1:
+            b.data = np.frombuffer(buf[b.offset:b.offset + b.size], dtype=np.uint8)
+            b.offset, b.size = 0, 0
+    graph = model.subgraphs[0]
+    outputs = [int(t) for t in graph.outputs]
+    seen = set(outputs)
+    for op in graph.operators:
+        for t in (op.outputs if op.outputs is not None else ()):
+            if int(t) >= 0 and int(t) not in seen:
+                outputs.append(int(t))
+                seen.add(int(t))
+    graph.outputs = np.array(outputs, dtype=np.int32)
+    builder = flatbuffers.Builder(len(buf) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def xnnpack_delegation(ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How much of a TFLite graph XNNPACK took, from the interpreter's node list after
+    ``allocate_tensors``: the runtime applies XNNPACK by default and appends one ``DELEGATE`` node
+    per partition it took; the file's own ops stay listed. An op is delegated when it lies between a
+    partition's inputs and outputs (walked back from the outputs through the producing ops).
+    Returns ``ops`` (the file's), ``delegated_ops``, ``partitions`` and ``left`` (op type -> count
+    of the ops left on LiteRT's own kernels)."""
+    own = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): i for i, op in enumerate(own) for t in op["outputs"]}
+    delegated: set[int] = set()
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    for part in partitions:
+        stop = {int(t) for t in part["inputs"]}
+        todo = [int(t) for t in part["outputs"]]
+        while todo:
+            t = todo.pop()
+            i = producer.get(t)
+            if t in stop or i is None or i in delegated:
+                continue
+            delegated.add(i)
+            todo += [int(v) for v in own[i]["inputs"] if int(v) >= 0]
+    left: dict[str, int] = {}
+    for i, op in enumerate(own):
+        if i not in delegated:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return {"expected": True, "ops": len(own), "delegated_ops": len(delegated), "partitions": len(partitions),
+            "left": left}
+
+
 INTERMEDIATE_PREFIX = "layer_"
 _ONNX_SKIP = frozenset({"Constant", "ConstantOfShape", "Shape", "Size", "QuantizeLinear", "DequantizeLinear",
                         "Identity"})
@@ -235,20 +298,34 @@ class Intermediates:
             self._open_onnx()
 
     def _open_tflite(self) -> None:
-        cls, _, _ = tflite_runtime_info()
         r = self.runner
-        self._it = cls(model_path=r.path, num_threads=r.threads, experimental_preserve_all_tensors=True)
+        cls, _, _ = tflite_runtime_info()
+        exposed = _tflite_all_outputs(r.path)
+        if exposed is not None:
+            # every op output made a graph output: the runtime's default delegate (XNNPACK) still runs
+            # the graph, so the values are the ones the timed file computes
+            self._it = cls(model_content=exposed, num_threads=r.threads)
+            self.kernels = "as timed (every op output made a graph output; XNNPACK still applies)"
+        else:
+            self._it = cls(model_path=r.path, num_threads=r.threads, experimental_preserve_all_tensors=True)
+            self.kernels = ("LiteRT's own kernels, not XNNPACK: this runtime cannot rewrite the file "
+                            "(no flatbuffer schema), so the tensors are kept with preserve_all_tensors")
         self._it.allocate_tensors()
+        self.xnnpack = xnnpack_delegation(self._it._get_ops_details())
         details = {d["index"]: d for d in self._it.get_tensor_details()}
         self._tensors: list[dict[str, Any]] = []
         self.ops: list[tuple[str, str, str]] = []
         for op in self._it._get_ops_details():
+            if op["op_name"] == "DELEGATE":
+                continue
             for idx in op["outputs"]:
                 d = details.get(int(idx))
                 if d is None or np.dtype(d["dtype"]).kind not in "fiu":
                     continue
                 self._tensors.append(d)
                 self.ops.append((d["name"], d["name"], str(op["op_name"])))
+        self.scales = {d["name"]: float(d["quantization"][0]) for d in self._tensors
+                       if np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] > 0}
 
     def _open_onnx(self) -> None:
         try:
@@ -291,6 +368,8 @@ class Intermediates:
         self._sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self._names = [tensor for tensor, _, _, _ in self._expose]
         self.ops = [(tensor, node, op) for tensor, node, op, _ in self._expose]
+        self.scales = {tensor: q[0] for tensor, _, _, q in self._expose if q is not None}
+        self.kernels = "onnxruntime CPU kernels, with every node output made a graph output"
 
     def __call__(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
         r = self.runner
@@ -353,17 +432,154 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _cpu_model() -> str:
+# ---- what the CPU is: the same decoding on real boards and emulated ones --------------------------
+
+# CPU implementer -> (name, {CPU part -> core}); the part numbers are the MIDR_EL1 PartNum values
+# the vendors publish (Linux prints them in /proc/cpuinfo as "CPU implementer" / "CPU part").
+_ARM_CORES: dict[int, tuple[str, dict[int, str]]] = {
+    0x41: ("ARM", {0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57",
+                   0xd08: "Cortex-A72", 0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76",
+                   0xd0c: "Neoverse-N1", 0xd0d: "Cortex-A77", 0xd0e: "Cortex-A76AE", 0xd40: "Neoverse-V1",
+                   0xd41: "Cortex-A78", 0xd42: "Cortex-A78AE", 0xd44: "Cortex-X1", 0xd46: "Cortex-A510",
+                   0xd47: "Cortex-A710", 0xd48: "Cortex-X2", 0xd49: "Neoverse-N2", 0xd4b: "Cortex-A78C",
+                   0xd4c: "Cortex-X1C", 0xd4d: "Cortex-A715", 0xd4e: "Cortex-X3", 0xd4f: "Neoverse-V2",
+                   0xd80: "Cortex-A520", 0xd81: "Cortex-A720", 0xd82: "Cortex-X4"}),
+    0x42: ("Broadcom", {0x516: "Vulcan"}),
+    0x4e: ("NVIDIA", {0x003: "Denver 2", 0x004: "Carmel"}),
+    0x51: ("Qualcomm", {0x800: "Kryo 2xx Gold (Cortex-A73)", 0x801: "Kryo 2xx Silver (Cortex-A53)",
+                        0x802: "Kryo 3xx Gold (Cortex-A75)", 0x803: "Kryo 3xx Silver (Cortex-A55)",
+                        0x804: "Kryo 4xx Gold (Cortex-A76)", 0x805: "Kryo 4xx Silver (Cortex-A55)",
+                        0xc00: "Falkor", 0xc01: "Saphira"}),
+    0x53: ("Samsung", {0x001: "Exynos M1", 0x002: "Exynos M3", 0x003: "Exynos M4", 0x004: "Exynos M5"}),
+    0x61: ("Apple", {}),
+    0xc0: ("Ampere", {0xac3: "Ampere-1", 0xac4: "Ampere-1a"}),
+}
+# The ISA features that decide which int8 kernels XNNPACK and onnxruntime pick on ARM: plain NEON,
+# the SDOT/UDOT dot product (ARMv8.2), the SMMLA int8 matrix multiply (ARMv8.6) and SVE.
+INT8_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2")
+# Linux arm64 AT_HWCAP / AT_HWCAP2 bits, in bit order, named as /proc/cpuinfo names them.
+_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
+          "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
+          "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+_HWCAP2 = ("dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2", "frint",
+           "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte", "ecv",
+           "afp", "rpres", "mte3", "sme")
+BOARD_MARKER = "/etc/edgekit-board.json"  # written into an emulated board's root by ``edgekit board``
+
+
+def hwcap_features(hwcap: int, hwcap2: int = 0) -> list[str]:
+    """The /proc/cpuinfo feature names of an arm64 ``getauxval(AT_HWCAP)`` / ``AT_HWCAP2`` pair."""
+    return ([name for bit, name in enumerate(_HWCAP) if hwcap >> bit & 1]
+            + [name for bit, name in enumerate(_HWCAP2) if hwcap2 >> bit & 1])
+
+
+def _auxv_features() -> list[str] | None:
+    """Features from the kernel's (or the emulator's) auxiliary vector, where /proc/cpuinfo has none."""
+    import ctypes
     import platform
+    if platform.machine() not in ("aarch64", "arm64"):
+        return None
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Processor", "cpu model") and value.strip():
-                    return value.strip()
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return hwcap_features(getauxval(16), getauxval(26))  # AT_HWCAP, AT_HWCAP2
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """What a /proc/cpuinfo text says: ``cpu_model`` (ARM cores decoded from implementer and part,
+    e.g. ``Cortex-A72`` or ``2x Cortex-X1 + 2x Cortex-A76 + 4x Cortex-A55``; elsewhere the model
+    name), ``cpu_cores`` (core name -> count), ``features`` (all flags of the first processor),
+    ``board`` (the ``Model`` line a Raspberry Pi prints) and ``isa`` (``arm`` / ``x86`` / None)."""
+    blocks, tail = [], {}
+    current: dict[str, str] = {}
+    for line in text.splitlines() + [""]:
+        key, sep, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        if key == "processor" and "processor" in current:
+            blocks.append(current)
+            current = {}
+        current[key] = value
+    per_cpu = [b for b in blocks if "processor" in b]
+    for b in blocks:
+        if "processor" not in b:
+            tail.update(b)
+    cores: dict[str, int] = {}
+    implementers: list[str] = []
+    for b in per_cpu:
+        impl, part = b.get("CPU implementer"), b.get("CPU part")
+        if impl and part:
+            try:
+                impl_i, part_i = int(impl, 16), int(part, 16)
+            except ValueError:
+                continue
+            vendor, parts = _ARM_CORES.get(impl_i, (f"implementer {impl}", {}))
+            name = parts.get(part_i, f"{vendor} part {part}")
+            implementers.append(vendor)
+            cores[name] = cores.get(name, 0) + 1
+    first = per_cpu[0] if per_cpu else tail
+    flags = first.get("Features") or first.get("flags") or tail.get("Features") or ""
+    if cores:
+        names = list(cores)[::-1]  # big cores are the higher-numbered ones: name them first
+        model = names[0] if len(names) == 1 else " + ".join(f"{cores[n]}x {n}" for n in names)
+        isa = "arm"
+    else:
+        model = next((b.get(k) for b in (first, tail) for k in ("model name", "Hardware", "Processor", "cpu model")
+                      if b.get(k)), None)
+        isa = "x86" if "vendor_id" in first or " sse" in f" {flags}" else ("arm" if "CPU implementer" in first
+                                                                              else None)
+    return {"cpu_model": model, "cpu_cores": cores, "features": flags.split(),
+            "board": tail.get("Model") or first.get("Model"), "isa": isa,
+            "implementer": implementers[0] if implementers else None}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
     except OSError:
-        pass  # not Linux: platform.processor() below
-    return platform.processor() or platform.machine() or "unknown"
+        return None
+
+
+def emulation(info: Mapping[str, Any], machine: str) -> dict[str, Any] | None:
+    """Whether this Python runs under an emulator: an edgekit board says so in its marker file; any
+    other user-mode emulator shows itself by an ARM Python reading an x86 /proc/cpuinfo."""
+    import json
+    marker = _read(BOARD_MARKER)
+    if marker is not None:
+        try:
+            data = json.loads(marker)
+        except ValueError:
+            data = {"emulator": "unknown (the board marker is unreadable)"}
+        return {"emulator": data.get("emulator"), "board": data.get("board"), "cpu": data.get("cpu")}
+    if machine in ("aarch64", "arm64", "armv7l", "armv8l") and info.get("isa") == "x86":
+        return {"emulator": f"unknown: this {machine} Python reads an x86 /proc/cpuinfo (a user-mode emulator "
+                            f"such as qemu-user)", "board": None, "cpu": None}
+    return None
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU this agent runs on: model, cores by kind, the int8-relevant ISA features, the board
+    and whether it is emulated."""
+    import platform
+    machine = platform.machine()
+    text = _read("/proc/cpuinfo")
+    info = parse_cpuinfo(text) if text else {"cpu_model": None, "cpu_cores": {}, "features": [], "board": None,
+                                             "isa": None, "implementer": None}
+    features = info["features"]
+    if machine in ("aarch64", "arm64") and not features:
+        features = _auxv_features() or []
+    board = info["board"] or (_read("/proc/device-tree/model") or "").rstrip("\x00\n") or None
+    return {"cpu_model": info["cpu_model"] or platform.processor() or machine or "unknown",
+            "cpu_cores": info["cpu_cores"], "board": board,
+            "isa_features": [f for f in INT8_FEATURES if f in features] if machine in ("aarch64", "arm64") else None,
+            "emulated": emulation(info, machine)}
 
 
 def _loadavg() -> list[float] | None:
@@ -378,12 +594,15 @@ def fingerprint(runner: Runner | None, threads: int, pinned: list[int] | None) -
     """Where and with what the model ran: an absolute time means nothing without this."""
     import os
     import platform
-    fp = {"cpu_model": _cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(),
+    fp = {**cpu_description(), "cores": os.cpu_count(), "arch": platform.machine(),
           "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
           "numpy": np.__version__, "threads": threads, "pinned_cores": pinned}
     if runner is not None:
-        fp.update(runtime=runner.runtime, runtime_version=runner.runtime_version,
-                  delegate="CPUExecutionProvider" if runner.format == "onnx" else "default CPU kernels (XNNPACK where the runtime enables it)")
+        fp.update(runtime=runner.runtime, runtime_version=runner.runtime_version)
+        # the same for every file on a device (a LUT's header compares it); what XNNPACK took of this
+        # file is in the result's "xnnpack"
+        fp["delegate"] = ("CPUExecutionProvider" if runner.format == "onnx"
+                          else "default CPU kernels (XNNPACK where the runtime enables it)")
     return fp
 
 
@@ -501,9 +720,10 @@ def _outputs(runner: Runner, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarr
     return {f"output_{i}": np.stack(ys) for i, ys in enumerate(per_output)}
 
 
-def _intermediates(runner: Runner, inputs: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Every op output over every sample, stacked as (samples, *shape) under ``layer_<k>``, and the
-    list that names them (key, tensor, op name, op type), in graph order."""
+def _intermediates(runner: Runner, inputs: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict], str]:
+    """Every op output over every sample, stacked as (samples, *shape) under ``layer_<k>``, the
+    list that names them (key, tensor, op name, op type, and the int8 scale of a quantized tensor),
+    in graph order, and which kernels computed them."""
     try:
         inter = Intermediates(runner)
     except RuntimeMissing as e:
@@ -522,8 +742,8 @@ def _intermediates(runner: Runner, inputs: Sequence[np.ndarray]) -> tuple[dict[s
         seen.add(tensor)
         key = f"{INTERMEDIATE_PREFIX}{len(index):04d}"
         arrays[key] = np.stack(ys)
-        index.append({"key": key, "tensor": tensor, "node": node, "op": op})
-    return arrays, index
+        index.append({"key": key, "tensor": tensor, "node": node, "op": op, "scale": inter.scales.get(tensor)})
+    return arrays, index, inter.kernels
 
 
 def _open(request: Mapping[str, Any]) -> Runner:
@@ -570,7 +790,7 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
         outputs = _outputs(runner, inputs)
         index = None
         if request.get("intermediates"):
-            extra, index = _intermediates(runner, inputs)
+            extra, index, kernels = _intermediates(runner, inputs)
             outputs.update(extra)
         timing = measure(runner, [x[0] for x in inputs], warmup=warmup, runs=runs, max_runs=max_runs,
                          target_cv=float(request.get("target_cv", 0.10)), blocks=blocks, gap_ms=gap_ms)
@@ -584,9 +804,10 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
     if request.get("inputs") is None:
         np.savez(request["outputs"][:-4] + ".inputs.npz", **{f"input_{i}": x for i, x in enumerate(inputs)})
     return {"ok": True, "fingerprint": fingerprint(runner, threads, pinned), "init_ns": init_ns,
+            "xnnpack": getattr(runner, "xnnpack", None),
             "warmup": warmup, "samples": len(inputs[0]), "output_names": runner.output_names,
             "load_average_before": load_before, "load_average_after": _loadavg(),
-            **({} if index is None else {"intermediates": index}), **timing}
+            **({} if index is None else {"intermediates": index, "intermediates_kernels": kernels}), **timing}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

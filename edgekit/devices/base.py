@@ -16,7 +16,7 @@ import numpy as np
 from ..exporters.artifact import Manifest, load_artifact, manifest_path, sha256_file
 from .stats import Protocol, Stats, summarize
 
-__all__ = ["AGENT_PATH", "DeviceError", "ModelFile", "RunResult", "Device", "AgentDevice", "open_model",
+__all__ = ["AGENT_PATH", "DeviceError", "emulated", "fingerprint_notes", "ModelFile", "RunResult", "Device", "AgentDevice", "open_model",
            "parse_agent_output"]
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
@@ -107,6 +107,33 @@ class Device(TypingProtocol):
             ) -> RunResult: ...
 
 
+def emulated(fingerprint: Mapping[str, Any]) -> bool:
+    """Whether a result came from an emulated CPU: its timings are then not a latency."""
+    return bool(fingerprint.get("emulated"))
+
+
+def fingerprint_notes(fp: Mapping[str, Any], xnnpack: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """What a user must know about where a file ran: emulation, and XNNPACK not (fully) taking a
+    TFLite graph (LiteRT's own kernels round int8 differently and run slower)."""
+    notes = []
+    emu = fp.get("emulated")
+    if emu:
+        where = f" as a {emu['cpu']}" if emu.get("cpu") else ""
+        notes.append(f"emulated ({emu.get('emulator')}{where}): its timings are the emulator's, not a latency of "
+                     f"the board; measure latency on real hardware")
+    x = xnnpack
+    if x and x.get("expected"):
+        left = ", ".join(f"{op} x{n}" for op, n in sorted(x.get("left", {}).items(), key=lambda kv: -kv[1]))
+        if not x.get("delegated_ops"):
+            notes.append(f"XNNPACK took none of the {x['ops']} ops: LiteRT ran its own kernels, whose int8 "
+                         f"results and speed differ from XNNPACK's (the runtime could not start XNNPACK on this "
+                         f"CPU, or it takes none of these ops: {left})")
+        elif x["delegated_ops"] < x["ops"]:
+            notes.append(f"XNNPACK took {x['delegated_ops']} of {x['ops']} ops in {x['partitions']} partition(s); "
+                         f"left on LiteRT's own kernels: {left}")
+    return tuple(notes)
+
+
 def parse_agent_output(device: str, step: str, stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
     """The agent's result JSON (its last stdout line); a structured failure becomes a DeviceError."""
     result = None
@@ -153,6 +180,9 @@ class AgentDevice:
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Stop what this device started for its runs (an emulated board's sshd); nothing by default."""
+
     def _result(self, model: ModelFile, protocol: Protocol, result: Mapping[str, Any],
                 files: Mapping[str, Mapping[str, np.ndarray]]) -> RunResult:
         lat = tuple(int(v) for v in result["latencies_ns"])
@@ -169,10 +199,12 @@ class AgentDevice:
                       "cv_target": result.get("cv_target"), "cv_target_met": result.get("cv_target_met"),
                       "first_inference_ms": result.get("first_inference_ns", 0) / 1e6,
                       "init_ms": result.get("init_ns", 0) / 1e6, "samples": result.get("samples"),
-                      "transfer": result.get("transfer")}
-        notes = () if result.get("cv_target_met", True) else (
+                      "transfer": result.get("transfer"), "xnnpack": result.get("xnnpack"),
+                      "latency_representative": not result["fingerprint"].get("emulated")}
+        notes = (() if result.get("cv_target_met", True) else (
             f"CV {100 * result['cv']:.1f} % stayed above the {100 * protocol.target_cv:.0f} % target after "
-            f"{len(lat)} runs: the device was busy or its clock unsteady",)
+            f"{len(lat)} runs: the device was busy or its clock unsteady",)) + fingerprint_notes(result["fingerprint"],
+                                                                                   result.get("xnnpack"))
         return RunResult(device=self.address, model=model.name, format=model.format, precision=model.precision,
                          artifact_sha256=model.sha256, outputs=outputs, output_names=names, latencies_ns=lat,
                          stats=stats, fingerprint={"device": self.address, **result["fingerprint"]},

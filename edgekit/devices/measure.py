@@ -318,6 +318,15 @@ def measure(path: str | Path, *, device: str = "local", protocol: Protocol = Pro
         raise ValueError(f"samples {samples} must be >= 1")
     model = open_model(path)
     dev = open_device(device, profile=profile, **device_options)
+    try:
+        return _measure(model, dev, protocol=protocol, compare=compare, data=data, samples=samples, weights=weights,
+                        store=store, per_layer=per_layer)
+    finally:
+        dev.release()
+
+
+def _measure(model: ModelFile, dev, *, protocol: Protocol, compare: bool, data: str, samples: int, weights,
+             store: bool, per_layer: bool) -> Measurement:
     nchw = None
     if model.manifest is not None:
         inputs, nchw = real_inputs(model, data=data, samples=samples)

@@ -116,7 +116,7 @@ def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, statistic:
                        protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
                        run_samples=args.run_samples, expect=expect, device_options=options,
                        workers=args.export_workers or min(2, usable_cpus()), passes=args.passes,
-                       statistic=statistic)
+                       statistic=statistic, allow_emulated=args.allow_emulated)
 
 
 def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
@@ -235,8 +235,10 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
 
 
 def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | None) -> None:
-    p.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL")
+    p.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL | qemu://pi4")
     p.add_argument("--profile", help="device profile (JSON/TOML) for ssh:// and adb://")
+    p.add_argument("--allow-emulated", action="store_true", help="time an emulated board anyway (its timings are "
+                   "the emulator's, not the board's; the LUT's header says emulated)")
     p.add_argument("--threads", type=int, default=threads_default)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)

@@ -83,6 +83,12 @@ class UnitLog:
         return dataclasses.asdict(self)
 
 
+def _emulated_refusal(device: str) -> str:
+    return (f"{device} is emulated: its timings are the emulator's, not the board's, and a LUT of them predicts "
+            f"nothing about real hardware; measure on the real board, or pass --allow-emulated (allow_emulated=True) "
+            f"to build one anyway (its header then says emulated)")
+
+
 class DeviceTimer:
     """Export + run on a device, one unit at a time (see the module docstring).
 
@@ -95,7 +101,7 @@ class DeviceTimer:
                  calib_method: str = "minmax", io_dtype: str = "int8", run_samples: int = 4,
                  reference: Sequence[str] | None = None, expect: Mapping[str, Any] | None = None,
                  device_options: Mapping[str, Any] | None = None, workers: int = 1, passes: int = 1,
-                 statistic: str = "min"):
+                 statistic: str = "min", allow_emulated: bool = False):
         from ..devices import open_device
         from ..devices.stats import Protocol
 
@@ -104,6 +110,9 @@ class DeviceTimer:
         if statistic not in STATISTICS:
             raise ValueError(f"statistic {statistic!r} is not one of {sorted(STATISTICS)}")
         self.passes, self.statistic = passes, statistic
+        self.allow_emulated = allow_emulated
+        if isinstance(device, str) and device.startswith("qemu://") and not allow_emulated:
+            raise ValueError(_emulated_refusal(device))
         self.exporter = UnitExporter(space, work_dir=work_dir, format=format, precision=precision,
                                      calib_samples=calib_samples, calib_method=calib_method, io_dtype=io_dtype,
                                      run_samples=run_samples, reference=reference)
@@ -208,11 +217,14 @@ class DeviceTimer:
         return float(ms)
 
     def _check_fingerprint(self, fp: dict[str, Any]) -> None:
+        if fp.get("emulated") and not self.allow_emulated:
+            raise ValueError(_emulated_refusal(fp.get("device") or "this device"))
         if self.fingerprint is None:
             self.fingerprint = fp
             return
+        # the keys the LUT recorded (a LUT measured by an older agent lacks the newer ones)
         diff = [f"device {k} is {fp.get(k)!r}, the LUT has {self.fingerprint.get(k)!r}"
-                for k in sorted(set(fp) | set(self.fingerprint)) if fp.get(k) != self.fingerprint.get(k)]
+                for k in sorted(self.fingerprint) if fp.get(k) != self.fingerprint.get(k)]
         if diff:
             raise LutMismatchError("this device is not the one the LUT was measured on: " + "; ".join(diff) +
                                    ". Build a LUT for this device with `edgekit lut build`")

@@ -77,7 +77,8 @@ def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
         options = {"profile": args.profile} if args.profile else {}
         timer = DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
                             format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
-                            expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic)
+                            expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic,
+                            allow_emulated=bool(lut.device.get("emulated")))  # the LUT was built so on purpose
     (ms,) = timer([unit])
     updated = add_measured_network(lut, space, result.choices, ms)
     save_lut(updated, args.lut)

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..exporters.artifact import sha256_file
+from .agent import INT8_FEATURES, emulation, parse_cpuinfo
 from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, RunResult, load_npz, parse_agent_output
 from .stats import Protocol, from_aggregate
 
@@ -163,15 +164,18 @@ class AdbDevice(AgentDevice):
 
     def _fingerprint(self) -> dict[str, Any]:
         script = ("getprop ro.product.model 2>/dev/null; echo '|'; uname -m; echo '|'; uname -sr; echo '|'; "
-                  "grep -m1 -E 'Hardware|model name' /proc/cpuinfo 2>/dev/null; echo '|'; "
-                  "grep -c ^processor /proc/cpuinfo; echo '|'; cat /proc/loadavg")
+                  "grep -c ^processor /proc/cpuinfo; echo '|'; cat /proc/loadavg; echo '|'; cat /proc/cpuinfo")
         out = self._adb("shell", script, step="fingerprint").stdout  # a fixed string, no user input in it
-        parts = [p.strip() for p in out.split("|")]
+        parts = [p.strip() for p in out.split("|", 5)]
         parts += [""] * (6 - len(parts))
-        cpu = parts[3].split(":", 1)[-1].strip() if parts[3] else "unknown"
-        return {"device_model": parts[0] or None, "arch": parts[1], "os": parts[2], "cpu_model": cpu,
-                "cores": int(parts[4]) if parts[4].isdigit() else None,
-                "load_average": [float(v) for v in parts[5].split()[:3]] if parts[5] else None}
+        info = parse_cpuinfo(parts[5])  # the agent's decoding: ARM cores by part number, int8 features
+        arm = parts[1] in ("aarch64", "arm64")
+        return {"device_model": parts[0] or None, "arch": parts[1], "os": parts[2],
+                "cpu_model": info["cpu_model"] or "unknown", "cpu_cores": info["cpu_cores"], "board": info["board"],
+                "isa_features": [f for f in INT8_FEATURES if f in info["features"]] if arm else None,
+                "emulated": emulation(info, parts[1]),
+                "cores": int(parts[3]) if parts[3].isdigit() else None,
+                "load_average": [float(v) for v in parts[4].split()[:3]] if parts[4] else None}
 
     def _bench_result(self, model: ModelFile, protocol: Protocol, bench: Mapping[str, Any], files, names, notes,
                       uploaded: bool) -> RunResult:

@@ -547,11 +547,11 @@ def _read(path: str) -> str | None:
         return None
 
 
-def emulation(info: Mapping[str, Any], machine: str) -> dict[str, Any] | None:
-    """Whether this Python runs under an emulator: an edgekit board says so in its marker file; any
-    other user-mode emulator shows itself by an ARM Python reading an x86 /proc/cpuinfo."""
+def emulation(info: Mapping[str, Any], machine: str, marker: str | None = None) -> dict[str, Any] | None:
+    """Whether a CPU is emulated: an edgekit board says so in its marker file (``marker``, the text
+    of ``BOARD_MARKER`` where it exists); any other user-mode emulator shows itself by an ARM
+    process reading an x86 /proc/cpuinfo (``info`` from ``parse_cpuinfo``)."""
     import json
-    marker = _read(BOARD_MARKER)
     if marker is not None:
         try:
             data = json.loads(marker)
@@ -579,7 +579,7 @@ def cpu_description() -> dict[str, Any]:
     return {"cpu_model": info["cpu_model"] or platform.processor() or machine or "unknown",
             "cpu_cores": info["cpu_cores"], "board": board,
             "isa_features": [f for f in INT8_FEATURES if f in features] if machine in ("aarch64", "arm64") else None,
-            "emulated": emulation(info, machine)}
+            "emulated": emulation(info, machine, _read(BOARD_MARKER))}
 
 
 def _loadavg() -> list[float] | None:

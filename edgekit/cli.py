@@ -92,24 +92,41 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
 
 
 def _export_model(args: argparse.Namespace):
-    """(model, name, weights path, weights sha) for `edgekit export` from its arguments."""
+    """(model, name, weights path, weights sha, external source) for `edgekit export` from its arguments."""
     from .models import ArchSpec, create_model
+    from .models.external import describe, is_external, load_external
     from .train import build_model, load_weights
 
+    external = (args.input_size, args.mean, args.std, args.preset)
+    if is_external(args.model):
+        if args.weights or args.arch:
+            raise ValueError(f"--weights and --arch are for zoo models; {args.model} builds its own network with its "
+                             f"own weights")
+        if args.input_size is None:
+            raise ValueError(f"{args.model}: give the input size the network takes with --input-size C,H,W "
+                             f"(and --mean / --std or --preset)")
+        model, source = load_external(args.model)
+        name = args.name or Path(args.model.rpartition(":")[2] if ":" in args.model else args.model).stem
+        model = describe(model, input_size=args.input_size, mean=args.mean, std=args.std, preset=args.preset,
+                         name=args.model)
+        return model, name, None, None, source
+    if any(v is not None for v in external):
+        raise ValueError("--input-size, --mean, --std and --preset describe a network from outside the zoo "
+                         "(path/file.py:factory, package.module:factory or a .pt2 program); a zoo model knows its own")
     if args.weights:
         model, meta, sha = load_weights(args.weights)
         trained_as = meta.get("model") or (meta.get("arch") or {}).get("name")
         if args.model != trained_as:
             raise ValueError(f"{args.weights} holds weights of {trained_as!r}, not {args.model!r}")
-        return model, args.model, args.weights, sha
+        return model, args.model, args.weights, sha, None
     if args.arch:
         spec = ArchSpec.from_json(open(args.arch).read())
         side = args.resolution or spec.resolution
         model = build_model(arch=spec, num_classes=args.num_classes or 1000, in_chans=args.in_chans or 3,
                             resolution=side)
-        return model, spec.name, None, None
+        return model, spec.name, None, None, None
     model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, resolution=args.resolution)
-    return model, args.model, None, None
+    return model, args.model, None, None, None
 
 
 def cmd_export(args: argparse.Namespace, out: Console) -> int:
@@ -126,8 +143,9 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
                               max_drop=args.max_drop, max_float_layers=args.max_float_layers,
                               sensitivity=args.sensitivity is not None,
                               parallel=False if args.sequential else None)
-    model, name, weights, sha = _export_model(args)
-    files = export(model, name=name, out=args.out, settings=settings, weights_file=weights, weights_sha256=sha)
+    model, name, weights, sha, source = _export_model(args)
+    files = export(model, name=name, out=args.out, settings=settings, weights_file=weights, weights_sha256=sha,
+                   source=source)
     if args.json:
         print(json.dumps({"artifacts": [{"path": str(f.artifact.path), "manifest": str(f.artifact.manifest_path),
                                          "format": f.artifact.manifest.format,
@@ -435,6 +453,19 @@ def cmd_board(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _floats(kind, form: str, count: int | None = None):
+    """An argparse type: comma-separated numbers of ``kind`` (``count`` of them when given)."""
+    def parse(text: str):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} must look like {form}") from None
+        if count is not None and len(values) != count:
+            raise argparse.ArgumentTypeError(f"{text!r} must look like {form} ({count} numbers)")
+        return values
+    return parse
+
+
 def _resolution(text: str) -> int | tuple[int, int]:
     parts = text.lower().split("x")
     try:
@@ -471,7 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("export", help="export a model to ONNX / TFLite, fp32 / int8, checked against PyTorch")
-    p.add_argument("model")
+    p.add_argument("model", help="a zoo variant, path/to/file.py:factory, package.module:factory or a "
+                   "torch.export program (.pt2)")
+    p.add_argument("--input-size", type=_floats(int, "C,H,W", 3), metavar="C,H,W",
+                   help="input of a network from outside the zoo, e.g. 3,224,224")
+    p.add_argument("--mean", type=_floats(float, "M[,M,M]"), help="per-channel mean of the input normalisation")
+    p.add_argument("--std", type=_floats(float, "S[,S,S]"), help="per-channel std of the input normalisation")
+    p.add_argument("--preset", choices=("imagenet", "inception", "none"),
+                   help="mean and std of a common normalisation (default imagenet)")
+    p.add_argument("--name", help="file name stem of an external network's files (default: the factory's name)")
     p.add_argument("--format", default="onnx,tflite", help="comma list of onnx, tflite")
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
     p.add_argument("--out", required=True, help="existing output directory")

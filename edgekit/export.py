@@ -201,14 +201,26 @@ class _Converted:
 
 
 def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSettings = ExportSettings(),
-           weights_file: str | Path | None = None, weights_sha256: str | None = None) -> list[ExportedFile]:
-    """Export ``model`` (its ``default_cfg`` gives input size and normalisation) as every requested
-    format x precision into ``out``. Raises ``ValueError`` (and writes nothing) on a converter failure
-    (naming the op and the module), an int8 file below ``SQNR_FLOOR_DB`` unless ``settings.force``,
-    or, with ``settings.max_drop``, when no mixed-precision file is within the allowed drop."""
+           weights_file: str | Path | None = None, weights_sha256: str | None = None,
+           input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+           std: Sequence[float] | None = None, preset: str | None = None, source: Any = None) -> list[ExportedFile]:
+    """Export ``model`` as every requested format x precision into ``out``. Input size and
+    normalisation come from the model's ``default_cfg`` (zoo models), or from ``input_size`` (C, H, W)
+    with ``mean`` / ``std`` or a ``preset`` for any other module (``models.external.describe``).
+    ``source`` (``models.external.Source``) records where an external network came from, so
+    ``validate`` and ``run --compare`` can build it again. Raises ``ValueError`` (and writes nothing)
+    on a converter failure (naming the op and the module), an int8 file below ``SQNR_FLOOR_DB`` unless
+    ``settings.force``, or, with ``settings.max_drop``, when no mixed-precision file is within the
+    allowed drop."""
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"output directory {out} does not exist; create it first")
+    if input_size is not None or not isinstance(getattr(model, "default_cfg", None), Mapping):
+        if input_size is None:
+            raise ValueError(f"{name} has no default_cfg saying its input size; pass input_size=(C, H, W) (and mean / "
+                             f"std or a preset), or --input-size C,H,W on the command line")
+        from .models.external import describe
+        model = describe(model, input_size=input_size, mean=mean, std=std, preset=preset, name=name)
     model = model.eval()
     pre = preprocessing_for(model.default_cfg)
     c, h, w = model.default_cfg["input_size"]
@@ -224,7 +236,7 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
             background.close()
     written = []
     for conv in pending:
-        manifest = _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256)
+        manifest = _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256, source)
         fmt, precision = conv.fmt, conv.precision
         path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
         data = conv.exp.model_bytes
@@ -543,7 +555,7 @@ def _mixed(files: Any, holdout: np.ndarray, labelled: _Labelled, s: ExportSettin
 
 
 def _manifest(name: str, model: nn.Module, conv: _Converted, pre: Preprocessing, calibration: Calibration | None,
-              weights_file, weights_sha256) -> Manifest:
+              weights_file, weights_sha256, source=None) -> Manifest:
     spec = getattr(model, "spec", None)
     exp, extras = conv.exp, conv.extras
     notes = list(exp.notes)
@@ -563,4 +575,5 @@ def _manifest(name: str, model: nn.Module, conv: _Converted, pre: Preprocessing,
         file_sha256=sha256_bytes(exp.model_bytes), arch=None if spec is None else spec.to_dict(),
         weights_sha256=weights_sha256, weights_file=None if weights_file is None else str(Path(weights_file).resolve()),
         num_classes=model.default_cfg.get("num_classes"), calibration=calibration if quantized else None,
-        float_layers=extras.float_layers, tools=dict(exp.tools), notes=tuple(notes), metrics=metrics)
+        float_layers=extras.float_layers, tools=dict(exp.tools), notes=tuple(notes), metrics=metrics,
+        source=None if source is None else source.to_dict())

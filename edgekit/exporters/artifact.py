@@ -129,6 +129,7 @@ class Manifest:
     tools: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # warnings the user must see (synthetic data, slower int8, ...)
     metrics: Mapping[str, Any] = field(default_factory=dict)  # parity measured at export
+    source: Mapping[str, Any] | None = None  # an external network: factory or program (models.external.Source)
 
     def __post_init__(self):
         _choice("manifest", "format", self.format, FORMATS)

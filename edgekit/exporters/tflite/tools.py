@@ -98,14 +98,36 @@ def _module_of(graph: torch.fx.GraphModule | None, op: str) -> str | None:
         stack = list((node.meta.get("nn_module_stack") or {}).values())
         if not stack or not (name == base or name.endswith("_" + base) or base.endswith("_" + name)):
             continue
-        path, cls = (str(v) for v in stack[-1])
-        if str(stack[0][1]).endswith("_ChannelsLast"):  # our NHWC wrapper holds the user's model as .model
-            path = re.sub(r"^model(\.|$)", "", path)
-        return f"{path or '<top>'} ({cls.rsplit('.', 1)[-1]})"
+        return _node_module(node)
     return None
 
 
 _SRC_RE = re.compile(r"([\w./-]+\.py:\d+):\d+: error")
+
+
+def _failing_node(e: BaseException) -> torch.fx.Node | None:
+    """The FX node a lowering was working on when it raised: the innermost frame of the traceback
+    holding a ``call_function`` node in a local named ``node`` or ``n`` (the converters lower a
+    graph with an FX interpreter, one node at a time)."""
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        for key in ("node", "n"):
+            v = tb.tb_frame.f_locals.get(key)
+            if isinstance(v, torch.fx.Node) and v.op == "call_function":
+                found = v
+        tb = tb.tb_next
+    return found
+
+
+def _node_module(node: torch.fx.Node) -> str | None:
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return None
+    path, cls = (str(v) for v in stack[-1])
+    if str(stack[0][1]).endswith("_ChannelsLast"):  # our NHWC wrapper holds the user's model as .model
+        path = re.sub(r"^model(\.|$)", "", path)
+    return f"{path or '<top>'} ({cls.rsplit('.', 1)[-1]})"
 
 
 def describe_failure(what: str, e: Exception, log: str, graph: torch.fx.GraphModule | None) -> str:
@@ -127,6 +149,13 @@ def describe_failure(what: str, e: Exception, log: str, graph: torch.fx.GraphMod
             parts.append(f"module {module or loc.group(1)}")
         elif src:
             parts.append(f"layer source {src.group(1).split('site-packages/')[-1]}")
+    else:  # the error names no op: the node the converter was lowering when it raised
+        node = _failing_node(e)
+        if node is not None:
+            parts.append(f"op {node.target}")
+            module = _node_module(node)
+            if module:
+                parts.append(f"module {module}")
     at = f" at {', '.join(parts)}" if parts else ""
     more = f" (+{len(mlir) - 1} more converter errors in .log)" if len(mlir) > 1 else ""
     return f"{what} failed{at}: {detail[:300]}{more}"

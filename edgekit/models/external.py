@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..exporters.artifact import sha256_file
+
 __all__ = ["PRESETS", "Source", "is_external", "load_external", "describe", "rebuild", "state_digest"]
 
 # name -> (mean, std) per channel; a 1-channel model takes the first value of a 3-channel preset's
@@ -53,14 +55,6 @@ class Source:
 def is_external(name: str) -> bool:
     """Whether a model argument names an external network rather than a zoo variant."""
     return name.endswith(".pt2") or ":" in name
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_digest(model: nn.Module) -> str:
@@ -137,7 +131,7 @@ def load_external(spec: str) -> tuple[nn.Module, Source]:
             raise ValueError(f"model {spec!r}: not a torch.export program ({_short(e)}); save one with "
                              f"torch.export.save(torch.export.export(model, (example,)), 'net.pt2')") from None
         model = _Program(program.module(), _static_batch(program))
-        return model, Source("program", str(path), _sha256(path), state_digest(model))
+        return model, Source("program", str(path), sha256_file(path), state_digest(model))
     factory, file = _factory(spec)
     required = []
     try:
@@ -156,7 +150,7 @@ def load_external(spec: str) -> tuple[nn.Module, Source]:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     stored = spec if file is None else f"{file}:{spec.rpartition(':')[2]}"
-    return model.eval(), Source("factory", stored, None if file is None else _sha256(file), state_digest(model))
+    return model.eval(), Source("factory", stored, None if file is None else sha256_file(file), state_digest(model))
 
 
 def _stats(values: Sequence[float] | None, preset: str | None, c: int, what: str) -> tuple[float, ...]:

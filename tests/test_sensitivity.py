@@ -165,7 +165,7 @@ def test_unreachable_max_drop_is_an_error_and_writes_nothing(trained, tmp_path):
 
 @pytest.mark.slow
 def test_cli_max_drop_and_sensitivity(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_export_model", lambda args: (wreck(trained, 2), "tiny", None, None))
+    monkeypatch.setattr(cli, "_export_model", lambda args: (wreck(trained, 2), "tiny", None, None, None))
     rc = cli.main(["export", "tiny", "--format", "onnx", "--precision", "int8", "--out", str(tmp_path),
                    "--max-drop", "1", "--sensitivity", "3"])
     out = capsys.readouterr().out
@@ -241,7 +241,7 @@ def test_converter_failure_names_op_and_module_and_writes_nothing(tmp_path, fmt,
 
 
 def test_cli_converter_failure_exits_nonzero(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_export_model", lambda args: (_Unconvertible(_Cummax()).eval(), "odd", None, None))
+    monkeypatch.setattr(cli, "_export_model", lambda args: (_Unconvertible(_Cummax()).eval(), "odd", None, None, None))
     rc = cli.main(["export", "odd", "--format", "onnx", "--out", str(tmp_path), "--calib-samples", "16"])
     err = capsys.readouterr().err
     assert rc == 2 and "aten.cummax" in err and "body.1" in err, err

@@ -115,6 +115,18 @@ def pytest_runtest_makereport(item, call):
 
 _SETUP_S = pytest.StashKey[float]()
 
+# The modules that take longest, longest first (test-seconds of a whole run, rounded): pytest-xdist
+# hands modules to its two workers in collection order, so these start first and the many short
+# modules fill in around them. Alphabetical order started the longest (test_zoo_onnx, about a
+# third of the suite) last, on one worker, while the other sat idle.
+LONGEST_FIRST = ("test_zoo_onnx.py", "test_export_tflite.py", "test_boards.py", "test_lut.py", "test_export.py",
+                 "test_models.py", "test_devices.py", "test_nas.py", "test_devices_layers.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept
+
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):  # an xdist worker: the controller prints it

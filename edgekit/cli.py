@@ -206,9 +206,11 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    line = f"{report.artifact}: top-1 {100 * report.top1:.2f} % on {report.n} {report.dataset} test images"
+    top5 = "" if report.top5 is None else f", top-5 {100 * report.top5:.2f} %"
+    line = f"{report.artifact}: top-1 {100 * report.top1:.2f} %{top5} on {report.n} {report.dataset} test images"
     if report.torch_top1 is not None:
-        line += (f"; PyTorch {100 * report.torch_top1:.2f} % (drop {100 * report.drop:+.2f} points); "
+        torch_top5 = "" if report.torch_top5 is None else f", top-5 {100 * report.torch_top5:.2f} %"
+        line += (f"; PyTorch {100 * report.torch_top1:.2f} %{torch_top5} (drop {100 * report.drop:+.2f} points); "
                  f"{report.parity.format()}")
     else:
         line += "; no PyTorch weights recorded, so no reference accuracy"

@@ -330,7 +330,7 @@ def _labelled(pre: Preprocessing, s: ExportSettings) -> _Labelled:
     """``s.accuracy_samples`` seeded test-split images of the calibration source, for the top-1 of
     ``max_drop``; refused when the source has no labels or no test split apart from the images
     calibration draws from."""
-    test = load_dataset(s.calib, split="test")
+    test = load_dataset(s.calib, split="test", fit=pre)
     if test.labels is None:
         raise ValueError(f"max_drop measures top-1, but the calibration source {s.calib!r} has no labels; "
                          f"calibrate from fashion-mnist, IDX files with labels or class folders")
@@ -354,13 +354,20 @@ def _calibration(pre: Preprocessing, s: ExportSettings) -> tuple[np.ndarray, Cal
                               details=method_from_name(s.calib_method).to_dict())
 
 
+HOLDOUT_MIN = 16  # fewer held-out images than this say little about parity
+
+
 def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
     """Held-out images for parity: the test split of the calibration source (never calibrated on)."""
     if s.synthetic:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return synthetic_batch(pre, samples=s.holdout, seed=1)
-    return calibration_batch(s.calib, pre, samples=s.holdout, seed=1, split="test")
+    available = len(load_dataset(s.calib, split="test", fit=pre))
+    if available < min(s.holdout, HOLDOUT_MIN):
+        raise ValueError(f"the calibration source {s.calib!r} has {available} test images; parity against PyTorch "
+                         f"needs at least {min(s.holdout, HOLDOUT_MIN)} held out (a test/ folder beside train/)")
+    return calibration_batch(s.calib, pre, samples=min(s.holdout, available), seed=1, split="test")
 
 
 def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,

@@ -34,6 +34,8 @@ class ValidationReport:
     torch_top1: float | None
     parity: ParityReport | None  # artifact logits vs PyTorch logits on the same images
     seconds: float
+    top5: float | None = None  # with more than 5 classes
+    torch_top5: float | None = None
 
     @property
     def drop(self) -> float | None:
@@ -42,8 +44,8 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "format": self.format, "precision": self.precision,
                 "dataset": self.dataset, "n": self.n, "top1": self.top1, "torch_top1": self.torch_top1,
-                "drop": self.drop, "parity": None if self.parity is None else self.parity.to_dict(),
-                "seconds": self.seconds}
+                "drop": self.drop, "top5": self.top5, "torch_top5": self.torch_top5,
+                "parity": None if self.parity is None else self.parity.to_dict(), "seconds": self.seconds}
 
 
 def reference_model(art: Artifact, weights: str | Path | None = None) -> torch.nn.Module | None:
@@ -73,7 +75,7 @@ def validate(artifact: str | Path, *, data: str = "fashion-mnist", limit: int | 
     m = art.manifest
     if m.preprocessing is None:
         raise ValueError(f"{art.manifest_path.name} records no preprocessing; cannot feed it images")
-    ds = load_dataset(data, split="test", limit=limit)
+    ds = load_dataset(data, split="test", limit=limit, fit=m.preprocessing)
     if ds.labels is None:
         raise ValueError(f"{data!r} has no labels; validation needs a labelled dataset")
     x = preprocess(ds.images, m.preprocessing, layout="NCHW")  # (N, C, H, W) float32
@@ -85,14 +87,23 @@ def validate(artifact: str | Path, *, data: str = "fashion-mnist", limit: int | 
     logits = _run_all(runner, x, batch, nhwc=(layout == "NHWC"))
     top1 = float((logits.argmax(1) == ds.labels).mean())
     ref = reference_model(art, weights)
-    torch_top1 = parity = None
+    torch_top1 = parity = torch_top5 = None
     if ref is not None:
         with torch.no_grad():
             ref_logits = np.concatenate([ref(torch.from_numpy(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
         torch_top1 = float((ref_logits.argmax(1) == ds.labels).mean())
+        torch_top5 = _top5(ref_logits, ds.labels)
         parity = compare(ref_logits, logits)
     return ValidationReport(str(art.path), m.format, m.precision, ds.name, len(x), top1, torch_top1, parity,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, _top5(logits, ds.labels), torch_top5)
+
+
+def _top5(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of images whose label is among the 5 largest logits; None with 5 classes or fewer."""
+    if logits.ndim != 2 or logits.shape[1] <= 5:
+        return None
+    best = np.argpartition(-logits, 5, axis=1)[:, :5]
+    return float((best == labels[:, None]).any(axis=1).mean())
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import numpy as np
 from ..exporters.artifact import Preprocessing
 
 __all__ = ["Dataset", "FASHION_MNIST_CLASSES", "SyntheticDataWarning", "load_dataset", "preprocess",
-           "preprocessing_for", "resize", "calibration_batch", "synthetic_batch", "read_idx", "fashion_mnist_dir"]
+           "preprocessing_for", "resize", "crop_canvas", "calibration_batch", "synthetic_batch", "read_idx", "fashion_mnist_dir"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -88,9 +88,13 @@ def fashion_mnist_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_FASHION_MNIST_DIR") or FASHION_MNIST_DEFAULT_DIR)
 
 
-def load_dataset(source: str | os.PathLike, *, split: str = "test", limit: int | None = None) -> Dataset:
+def load_dataset(source: str | os.PathLike, *, split: str = "test", limit: int | None = None,
+                 fit: Preprocessing | None = None) -> Dataset:
     """Load images (and labels) from ``"fashion-mnist[:N]"``, an IDX directory, a directory of class
     folders or a ``.npy`` file. ``limit`` (and ``:N``) keep the first images; with both, the smaller.
+    Images in class folders may differ in size when ``fit`` (the model's preprocessing) is given:
+    each is then resized, keeping its aspect, to cover ``crop_canvas(fit)`` and centre-cropped to it
+    as it is read, so ``preprocess`` finds them all one size.
 
     >>> ds = load_dataset("fashion-mnist", split="test")
     >>> len(ds), ds.images.dtype
@@ -109,7 +113,7 @@ def load_dataset(source: str | os.PathLike, *, split: str = "test", limit: int |
     if path.is_dir():
         if _find_idx(path, split, "images") is not None:
             return _first(_load_idx_dir(path, split, name=f"{path}/{split}"), limit)
-        return _load_image_folders(path, split, limit)
+        return _load_image_folders(path, split, limit, fit)
     close = difflib.get_close_matches(text, ["fashion-mnist"], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"data source {text!r} is neither 'fashion-mnist[:N]', an existing directory (IDX files or "
@@ -243,7 +247,7 @@ def _load_npy(path: Path) -> Dataset:
     return Dataset(str(path), arr, None, ())
 
 
-def _load_image_folders(root: Path, split: str, limit: int | None) -> Dataset:
+def _load_image_folders(root: Path, split: str, limit: int | None, fit: Preprocessing | None = None) -> Dataset:
     if (root / split).is_dir():
         root = root / split
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -256,12 +260,20 @@ def _load_image_folders(root: Path, split: str, limit: int | None) -> Dataset:
     files = files[:limit] if limit is not None else files
     images = [_read_image(f) for f, _ in files]
     sizes = {im.shape[:2] for im in images}
+    if fit is not None and (len(sizes) > 1 or sizes != {crop_canvas(fit)}):
+        colour = any(im.ndim == 3 for im in images)
+        canvas = crop_canvas(fit)
+        images = [_cover(_to_unit_nchw((np.repeat(im[..., None], 3, -1) if colour and im.ndim == 2 else im)[None]),
+                         canvas, fit.resize)[0].transpose(1, 2, 0) for im in images]  # (H, W, C) in [0, 1]
+        images = [im[..., 0] if im.shape[-1] == 1 else im for im in images]
+        sizes = {canvas}
     if len(sizes) > 1:
         first: dict[tuple[int, ...], Path] = {}
         for (f, _), im in zip(files, images):
             first.setdefault(im.shape[:2], f)
         listing = ", ".join(f"{h}x{w} ({first[(h, w)].name})" for h, w in sorted(sizes)[:4])
-        raise ValueError(f"images in {root} have different sizes: {listing}; resize them to one size first")
+        raise ValueError(f"images in {root} have different sizes: {listing}; resize them to one size first, or "
+                         f"load them for a model (its preprocessing resizes and centre-crops each)")
     if any(im.ndim == 3 for im in images):  # any colour image: the whole set becomes RGB
         images = [np.repeat(im[..., None], 3, axis=-1) if im.ndim == 2 else im for im in images]
     arr = np.stack(images)
@@ -327,7 +339,10 @@ def preprocess(images: np.ndarray, pre: Preprocessing, *, layout: str = "NCHW") 
        ``convert("L")``), refused otherwise; ``"BGR"`` reverses RGB channels (input is taken as RGB);
     3. resize to ``pre.resolution``: ``"bilinear"`` is numpy code that reproduces
        ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)``
-       (half-pixel centres, edge clamp, no anti-aliasing); ``"nearest"`` reproduces ``mode="nearest"``;
+       (half-pixel centres, edge clamp, no anti-aliasing); ``"nearest"`` reproduces ``mode="nearest"``.
+       With ``pre.crop_pct`` below 1 the image is instead resized, keeping its aspect, to just cover
+       ``resolution / crop_pct`` and the centre ``resolution`` cropped out (the evaluation crop of
+       ImageNet models);
     4. ``(x - mean) / std`` per channel;
     5. ``layout`` ``"NCHW"`` or ``"NHWC"``.
 
@@ -344,7 +359,7 @@ def preprocess(images: np.ndarray, pre: Preprocessing, *, layout: str = "NCHW") 
         _check_finite(images, "images")
     x = _to_unit_nchw(images)                          # (N, C_in, H, W) float32 in [0, 1]
     x = _convert_channels(x, pre)                      # (N, C, H, W)
-    x = resize(x, pre.resolution, mode=pre.resize)     # (N, C, H', W')
+    x = _to_resolution(x, pre)                         # (N, C, H', W')
     mean = np.asarray(pre.mean, np.float32)[:, None, None]
     std = np.asarray(pre.std, np.float32)[:, None, None]
     x = (x - mean) / std
@@ -383,6 +398,28 @@ def _convert_channels(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
         return np.einsum("nchw,c->nhw", x, _LUMA)[:, None]
     raise ValueError(f"cannot turn {c_in}-channel images into the model's {pre.channels} channels; "
                      f"pass grey (N, H, W) or RGB (N, H, W, 3) images")
+
+
+def crop_canvas(pre: Preprocessing) -> tuple[int, int]:
+    """The size an image is brought to before its centre crop: ``resolution / crop_pct``."""
+    h, w = pre.resolution
+    return (int(h / pre.crop_pct), int(w / pre.crop_pct)) if pre.crop_pct < 1 else (h, w)
+
+
+def _cover(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Resize (N, C, H, W) keeping the aspect ratio so it just covers ``size``, then crop the centre."""
+    h, w = x.shape[2:]
+    scale = max(size[0] / h, size[1] / w)
+    x = resize(x, (max(size[0], round(h * scale)), max(size[1], round(w * scale))), mode=mode)
+    top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
+    return x[:, :, top:top + size[0], left:left + size[1]]
+
+
+def _to_resolution(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    if pre.crop_pct >= 1:
+        return resize(x, pre.resolution, mode=pre.resize)
+    x = _cover(x, crop_canvas(pre), pre.resize)
+    return _cover(x, pre.resolution, pre.resize)  # the canvas is already the right shape: a centre crop
 
 
 def resize(x: np.ndarray, size: tuple[int, int], *, mode: str = "bilinear") -> np.ndarray:
@@ -439,7 +476,7 @@ def calibration_batch(source: str | os.PathLike | np.ndarray, pre: Preprocessing
         if np.issubdtype(images.dtype, np.floating):
             _check_finite(images, what)
     else:
-        ds = load_dataset(source, split=split)
+        ds = load_dataset(source, split=split, fit=pre)
         images, what = ds.images, f"calibration data {ds.name!r}"
     if len(images) == 0:
         raise ValueError(f"{what} holds no images; pass a source with at least {samples}")

@@ -59,7 +59,7 @@ def real_inputs(model: ModelFile, *, data: str, samples: int) -> tuple[np.ndarra
         raise ValueError(f"{model.path.name}'s manifest records no preprocessing; cannot feed it images")
     spec = m.inputs[0]
     batch = spec.shape[0]
-    ds = load_dataset(data, split="test", limit=samples * batch)
+    ds = load_dataset(data, split="test", limit=samples * batch, fit=m.preprocessing)
     if len(ds) < samples * batch:
         raise ValueError(f"{data!r} has {len(ds)} images; {samples} samples of batch {batch} need {samples * batch}")
     nchw = preprocess(ds.images, m.preprocessing, layout="NCHW")  # (S*B, C, H, W)

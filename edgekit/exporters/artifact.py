@@ -79,6 +79,9 @@ class Preprocessing:
     std: tuple[float, ...]
     channel_order: str = "RGB"  # or "L" for one grey channel
     resize: str = "bilinear"
+    # share of the image a centre crop keeps: images of any size from a folder are resized so the
+    # shorter side is resolution / crop_pct, then cropped to resolution (1.0: resized whole, as before)
+    crop_pct: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "resolution", tuple(int(v) for v in self.resolution))
@@ -93,6 +96,9 @@ class Preprocessing:
             raise ValueError(f"preprocessing std {self.std} must be > 0")
         _choice("preprocessing", "channel_order", self.channel_order, ("RGB", "BGR", "L"))
         _choice("preprocessing", "resize", self.resize, ("bilinear", "nearest"))
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"preprocessing crop_pct {self.crop_pct} must be in (0, 1]")
 
 
 @dataclass(frozen=True)

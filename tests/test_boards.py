@@ -105,6 +105,7 @@ class _Cumsum(nn.Module):
         return torch.cumsum(self.conv(x), dim=3) if self.conv is not None else torch.cumsum(x, dim=1)
 
 
+@pytest.mark.slow
 def test_a_file_xnnpack_takes_only_in_part_or_not_at_all_says_so(tmp_path, home, edgekit_cli):
     import litert_torch
     from edgekit.exporters.tflite.tools import captured_output
@@ -173,6 +174,7 @@ def test_missing_qemu_or_mmdebstrap_named_with_its_debian_package(tmp_path, monk
     assert [p.name for p in (tmp_path / "boards").iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.slow
 def test_a_runtime_without_an_aarch64_wheel_is_named_with_the_python_version(tmp_path):
     """Asks the package index for a release that never had an aarch64 wheel (onnxruntime 1.0.0)."""
     with pytest.raises(boards.BoardError, match=r"no aarch64 wheel of onnxruntime==1\.0\.0 for CPython 3\.11"):

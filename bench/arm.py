@@ -202,6 +202,9 @@ def _side(res, ref: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "emulated": res.fingerprint.get("emulated"), "notes": list(res.notes)}
 
 
+FIRST_DIFFERING = 12  # differing tensors kept per case in the JSON
+
+
 def _first_parting(c, namer) -> dict[str, Any]:
     layers = c.layers or ()
     first = c.first_parting
@@ -209,8 +212,9 @@ def _first_parting(c, namer) -> dict[str, Any]:
     return {"kernels": c.kernels, "tensors": len(layers), "tensors_differing": len(differing),
             "outputs_differ_in_this_run": not c.agree,
             "first_parting": None if first is None else {**first.to_dict(), "short_name": namer(first.name)},
-            "differing": [{"name": lay.name, "short_name": namer(lay.name), "op": lay.op, "unit": lay.unit,
-                           "share": lay.share, "max_diff": lay.max_diff} for lay in differing]}
+            # the first few in graph order: where the difference starts and how it spreads
+            "first_differing": [{"short_name": namer(lay.name), "op": lay.op, "unit": lay.unit,
+                                 "share": lay.share, "max_diff": lay.max_diff} for lay in differing[:FIRST_DIFFERING]]}
 
 
 def compare_file(path: Path, board: str, ref: np.ndarray, labels: np.ndarray, samples: int, protocol,

@@ -16,8 +16,8 @@ import numpy as np
 from ..exporters.artifact import Manifest, load_artifact, manifest_path, sha256_file
 from .stats import Protocol, Stats, summarize
 
-__all__ = ["AGENT_PATH", "DeviceError", "emulated", "fingerprint_notes", "ModelFile", "RunResult", "Device", "AgentDevice", "open_model",
-           "parse_agent_output"]
+__all__ = ["AGENT_PATH", "DeviceError", "fingerprint_notes", "ModelFile", "RunResult", "Device", "AgentDevice",
+           "open_model", "parse_agent_output"]
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
 EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite"}
@@ -105,11 +105,6 @@ class Device(TypingProtocol):
 
     def run(self, model: ModelFile, inputs: Sequence[np.ndarray] | None, *, protocol: Protocol = Protocol()
             ) -> RunResult: ...
-
-
-def emulated(fingerprint: Mapping[str, Any]) -> bool:
-    """Whether a result came from an emulated CPU: its timings are then not a latency."""
-    return bool(fingerprint.get("emulated"))
 
 
 def fingerprint_notes(fp: Mapping[str, Any], xnnpack: Mapping[str, Any] | None = None) -> tuple[str, ...]:

@@ -30,7 +30,8 @@ import numpy as np
 from ..exporters.artifact import Preprocessing
 
 __all__ = ["Dataset", "FASHION_MNIST_CLASSES", "SyntheticDataWarning", "load_dataset", "preprocess",
-           "preprocessing_for", "resize", "crop_canvas", "calibration_batch", "synthetic_batch", "read_idx", "fashion_mnist_dir"]
+           "preprocessing_for", "resize", "crop_canvas", "calibration_batch", "synthetic_batch", "read_idx",
+           "fashion_mnist_dir"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")

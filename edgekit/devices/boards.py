@@ -287,7 +287,8 @@ def _sys_tree(root: Path, spec: BoardSpec) -> None:
         for sub, files in {"topology": {"physical_package_id": "0", "cluster_id": "0", "core_id": str(i),
                                         "core_siblings_list": span.strip(), "thread_siblings_list": str(i),
                                         "package_cpus_list": span.strip(), "cluster_cpus_list": span.strip()},
-                           "cpufreq": {"cpuinfo_max_freq": str(spec.max_khz), "cpuinfo_min_freq": str(spec.max_khz // 3)},
+                           "cpufreq": {"cpuinfo_max_freq": str(spec.max_khz),
+                                       "cpuinfo_min_freq": str(spec.max_khz // 3)},
                            "regs/identification": {"midr_el1": f"{midr:#018x}", "revidr_el1": "0x0000000000000000"}
                            }.items():
             (d / sub).mkdir(parents=True)
@@ -332,7 +333,8 @@ def _build(name: str, say: Callable[[str], None]) -> Board:
         versions = _host_versions()
         say(f"  aarch64 wheels: {', '.join(f'{d} {v}' if v else d for d, v in versions.items())}")
         _pip_wheels(work / "site", versions)
-        guest = [qemu, "-cpu", spec.cpu, "-L", str(work / "root"), str(work / "root" / "usr" / "bin" / f"python{GUEST_PYTHON}")]
+        guest = [qemu, "-cpu", spec.cpu, "-L", str(work / "root"),
+                 str(work / "root" / "usr" / "bin" / f"python{GUEST_PYTHON}")]
         hw = json.loads(_run([*guest, "-c", _HWCAP_PROBE], f"starting the arm64 Python under qemu ({spec.cpu})",
                              timeout=300).strip().splitlines()[-1])
         features = hwcap_features(int(hw[0]), int(hw[1]))

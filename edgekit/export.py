@@ -363,11 +363,11 @@ def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return synthetic_batch(pre, samples=s.holdout, seed=1)
-    available = len(load_dataset(s.calib, split="test", fit=pre))
-    if available < min(s.holdout, HOLDOUT_MIN):
-        raise ValueError(f"the calibration source {s.calib!r} has {available} test images; parity against PyTorch "
+    test = load_dataset(s.calib, split="test", fit=pre)  # read once, then drawn from as calibration draws
+    if len(test) < min(s.holdout, HOLDOUT_MIN):
+        raise ValueError(f"the calibration source {s.calib!r} has {len(test)} test images; parity against PyTorch "
                          f"needs at least {min(s.holdout, HOLDOUT_MIN)} held out (a test/ folder beside train/)")
-    return calibration_batch(s.calib, pre, samples=min(s.holdout, available), seed=1, split="test")
+    return calibration_batch(test.images, pre, samples=min(s.holdout, len(test)), seed=1)
 
 
 def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,

@@ -61,6 +61,15 @@ def test_the_crop_keeps_the_centre_and_the_aspect(tmp_path):
     assert 16 <= len(white_cols) <= 20 and abs((white_cols[0] + white_cols[-1]) / 2 - 15.5) <= 1
 
 
+def test_an_image_of_the_canvas_size_keeps_its_centre_pixel_for_pixel(tmp_path):
+    """crop_pct 0.875 at 32 px: a 36x36 image is the canvas already, and the input is its centre
+    32x32, cropped, not resized."""
+    im = np.random.default_rng(1).integers(0, 256, (36, 36), dtype=np.uint8)
+    grey = Preprocessing(resolution=(32, 32), channels=1, mean=(0.0,), std=(1.0,), channel_order="L", crop_pct=0.875)
+    x = preprocess(im[None], grey)[0, 0]
+    np.testing.assert_array_equal(x, im[2:34, 2:34].astype(np.float32) / np.float32(255))
+
+
 def test_an_unreadable_image_and_an_empty_folder_are_named(tmp_path):
     root = make_folders(tmp_path / "imgs", per_class=1)
     (root / "test" / CLASSES[0] / "broken.jpg").write_bytes(b"not a jpeg at all")

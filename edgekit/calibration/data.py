@@ -407,20 +407,23 @@ def crop_canvas(pre: Preprocessing) -> tuple[int, int]:
     return (int(h / pre.crop_pct), int(w / pre.crop_pct)) if pre.crop_pct < 1 else (h, w)
 
 
+def _centre(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The centre ``size`` of (N, C, H, W), no larger than it."""
+    top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
+    return x[:, :, top:top + size[0], left:left + size[1]]
+
+
 def _cover(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """Resize (N, C, H, W) keeping the aspect ratio so it just covers ``size``, then crop the centre."""
     h, w = x.shape[2:]
     scale = max(size[0] / h, size[1] / w)
-    x = resize(x, (max(size[0], round(h * scale)), max(size[1], round(w * scale))), mode=mode)
-    top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
-    return x[:, :, top:top + size[0], left:left + size[1]]
+    return _centre(resize(x, (max(size[0], round(h * scale)), max(size[1], round(w * scale))), mode=mode), size)
 
 
 def _to_resolution(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
     if pre.crop_pct >= 1:
         return resize(x, pre.resolution, mode=pre.resize)
-    x = _cover(x, crop_canvas(pre), pre.resize)
-    return _cover(x, pre.resolution, pre.resize)  # the canvas is already the right shape: a centre crop
+    return _centre(_cover(x, crop_canvas(pre), pre.resize), pre.resolution)  # the crop keeps crop_pct of it
 
 
 def resize(x: np.ndarray, size: tuple[int, int], *, mode: str = "bilinear") -> np.ndarray:

@@ -290,9 +290,8 @@ def _print_against(c, out: Console) -> None:
     say(f"{a.model} ({a.format} {a.precision}) on {a.device} against {b.device}: {verdict}")
     for r in (a, b):
         fp = r.fingerprint
-        isa = "" if fp.get("isa_features") is None else f", {' '.join(fp['isa_features']) or 'no int8 ISA features'}"
         emu = ", emulated" if fp.get("emulated") else ""
-        say(f"  {r.device}: {fp.get('cpu_model')} ({fp.get('arch')}{isa}{emu}), {fp.get('runtime')} "
+        say(f"  {r.device}: {fp.get('cpu_model')} ({fp.get('arch')}{_isa(fp)}{emu}), {fp.get('runtime')} "
             f"{fp.get('runtime_version')}, {kernels_of(r)}")
     say(f"  inputs: {c.inputs_source}")
     for o in c.outputs:
@@ -313,6 +312,12 @@ def _print_against(c, out: Console) -> None:
         say(f"  stored as results {', '.join(map(str, c.stored_ids))}")
 
 
+def _isa(fp) -> str:
+    """``", asimd asimddp"``: an ARM device's int8 ISA features, for the line that names its CPU."""
+    feats = fp.get("isa_features")
+    return "" if feats is None else f", {' '.join(feats) or 'no int8 ISA features'}"
+
+
 def kernels_of(r) -> str:
     """Which kernels ran a result: XNNPACK's share of a TFLite graph, or the runtime's delegate."""
     x = r.conditions.get("xnnpack")
@@ -327,9 +332,8 @@ def _print_run(m, out: Console) -> None:
     say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
     timing = f"emulated, not a latency: {r.stats.format()}" if fp.get("emulated") else r.stats.format()
     say(f"{r.model} ({r.format} {r.precision}) on {r.device}: {timing}")
-    isa = "" if fp.get("isa_features") is None else f", {' '.join(fp['isa_features']) or 'no int8 ISA features'}"
     say(f"  {fp.get('runtime')} {fp.get('runtime_version')}, {kernels_of(r)}, {fp.get('threads')} thread(s), cores "
-        f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}{isa}, {fp.get('cores')} cores), "
+        f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}{_isa(fp)}, {fp.get('cores')} cores), "
         f"load {r.conditions.get('load_average_before')}")
     say(f"  inputs: {m.inputs_source}")
     if m.parity:
@@ -416,6 +420,7 @@ def cmd_results(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_board(args: argparse.Namespace, out: Console) -> int:
     from .devices import boards
+    from .devices.agent import INT8_FEATURES
 
     say = functools.partial(out.print, markup=False, highlight=False, soft_wrap=True)
     log = (lambda msg: None) if args.json else say
@@ -429,7 +434,7 @@ def cmd_board(args: argparse.Namespace, out: Console) -> int:
             table.add_column(col, overflow="fold")
         for r in rows:
             runtimes = ", ".join(f"{k} {v}" for k, v in r.get("runtimes", {}).items()) or "-"
-            feats = " ".join(f for f in ("asimd", "asimddp", "i8mm", "sve", "sve2") if f in r.get("features", [])) or "-"
+            feats = " ".join(f for f in INT8_FEATURES if f in r.get("features", [])) or "-"
             table.add_row(r["name"], r["board"], r["qemu_cpu"], f"{r['state']}: {r['detail']}", runtimes, feats)
         out.print(table)
         return 0

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..exporters.artifact import sha256_file
-from .agent import INT8_FEATURES, emulation, parse_cpuinfo
+from .agent import emulation, int8_features, parse_cpuinfo
 from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, RunResult, load_npz, parse_agent_output
 from .stats import Protocol, from_aggregate
 
@@ -169,10 +169,9 @@ class AdbDevice(AgentDevice):
         parts = [p.strip() for p in out.split("|", 5)]
         parts += [""] * (6 - len(parts))
         info = parse_cpuinfo(parts[5])  # the agent's decoding: ARM cores by part number, int8 features
-        arm = parts[1] in ("aarch64", "arm64")
         return {"device_model": parts[0] or None, "arch": parts[1], "os": parts[2],
                 "cpu_model": info["cpu_model"] or "unknown", "cpu_cores": info["cpu_cores"], "board": info["board"],
-                "isa_features": [f for f in INT8_FEATURES if f in info["features"]] if arm else None,
+                "isa_features": int8_features(info["features"], parts[1]),
                 "emulated": emulation(info, parts[1]),
                 "cores": int(parts[3]) if parts[3].isdigit() else None,
                 "load_average": [float(v) for v in parts[4].split()[:3]] if parts[4] else None}

@@ -311,7 +311,6 @@ class Intermediates:
             self.kernels = ("LiteRT's own kernels, not XNNPACK: this runtime cannot rewrite the file "
                             "(no flatbuffer schema), so the tensors are kept with preserve_all_tensors")
         self._it.allocate_tensors()
-        self.xnnpack = xnnpack_delegation(self._it._get_ops_details())
         details = {d["index"]: d for d in self._it.get_tensor_details()}
         self._tensors: list[dict[str, Any]] = []
         self.ops: list[tuple[str, str, str]] = []
@@ -457,6 +456,7 @@ _ARM_CORES: dict[int, tuple[str, dict[int, str]]] = {
 # The ISA features that decide which int8 kernels XNNPACK and onnxruntime pick on ARM: plain NEON,
 # the SDOT/UDOT dot product (ARMv8.2), the SMMLA int8 matrix multiply (ARMv8.6) and SVE.
 INT8_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2")
+_ARM64 = ("aarch64", "arm64")  # what platform.machine() / uname -m say on a 64-bit ARM CPU
 # Linux arm64 AT_HWCAP / AT_HWCAP2 bits, in bit order, named as /proc/cpuinfo names them.
 _HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
           "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
@@ -477,7 +477,7 @@ def _auxv_features() -> list[str] | None:
     """Features from the kernel's (or the emulator's) auxiliary vector, where /proc/cpuinfo has none."""
     import ctypes
     import platform
-    if platform.machine() not in ("aarch64", "arm64"):
+    if platform.machine() not in _ARM64:
         return None
     try:
         getauxval = ctypes.CDLL(None).getauxval
@@ -511,7 +511,6 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
         if "processor" not in b:
             tail.update(b)
     cores: dict[str, int] = {}
-    implementers: list[str] = []
     for b in per_cpu:
         impl, part = b.get("CPU implementer"), b.get("CPU part")
         if impl and part:
@@ -521,7 +520,6 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
                 continue
             vendor, parts = _ARM_CORES.get(impl_i, (f"implementer {impl}", {}))
             name = parts.get(part_i, f"{vendor} part {part}")
-            implementers.append(vendor)
             cores[name] = cores.get(name, 0) + 1
     first = per_cpu[0] if per_cpu else tail
     flags = first.get("Features") or first.get("flags") or tail.get("Features") or ""
@@ -535,8 +533,7 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
         isa = "x86" if "vendor_id" in first or " sse" in f" {flags}" else ("arm" if "CPU implementer" in first
                                                                               else None)
     return {"cpu_model": model, "cpu_cores": cores, "features": flags.split(),
-            "board": tail.get("Model") or first.get("Model"), "isa": isa,
-            "implementer": implementers[0] if implementers else None}
+            "board": tail.get("Model") or first.get("Model"), "isa": isa}
 
 
 def _read(path: str) -> str | None:
@@ -570,16 +567,19 @@ def cpu_description() -> dict[str, Any]:
     import platform
     machine = platform.machine()
     text = _read("/proc/cpuinfo")
-    info = parse_cpuinfo(text) if text else {"cpu_model": None, "cpu_cores": {}, "features": [], "board": None,
-                                             "isa": None, "implementer": None}
+    info = parse_cpuinfo(text or "")
     features = info["features"]
-    if machine in ("aarch64", "arm64") and not features:
+    if machine in _ARM64 and not features:
         features = _auxv_features() or []
     board = info["board"] or (_read("/proc/device-tree/model") or "").rstrip("\x00\n") or None
     return {"cpu_model": info["cpu_model"] or platform.processor() or machine or "unknown",
-            "cpu_cores": info["cpu_cores"], "board": board,
-            "isa_features": [f for f in INT8_FEATURES if f in features] if machine in ("aarch64", "arm64") else None,
+            "cpu_cores": info["cpu_cores"], "board": board, "isa_features": int8_features(features, machine),
             "emulated": emulation(info, machine, _read(BOARD_MARKER))}
+
+
+def int8_features(features: Sequence[str], machine: str) -> list[str] | None:
+    """Which of ``INT8_FEATURES`` an arm64 CPU has (None on other machines: the names are ARM's)."""
+    return [f for f in INT8_FEATURES if f in features] if machine in _ARM64 else None
 
 
 def _loadavg() -> list[float] | None:

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .agent import hwcap_features
+from .agent import BOARD_MARKER
+from .base import AGENT_PATH
 
 __all__ = ["BoardSpec", "Board", "BOARDS", "BoardError", "boards_dir", "board_status", "ensure_board",
-           "build_board", "remove_board", "list_boards", "RUNTIMES"]
+           "remove_board", "list_boards", "RUNTIMES"]
 
 SUITE, GUEST_PYTHON = "bookworm", "3.11"  # Debian 12's Python: the wheels are chosen for it
 DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "libgcc-s1")
@@ -133,7 +134,7 @@ def board_status(name: str) -> tuple[str, str]:
         return "damaged", f"its board.json is missing or unreadable ({e})"
     if info.get("format") != _FORMAT:
         return "damaged", f"it has layout {info.get('format')}, this edgekit builds layout {_FORMAT}"
-    for rel in ("bin/python", f"root/usr/bin/python{GUEST_PYTHON}", "root/proc/cpuinfo", "root/etc/edgekit-board.json"):
+    for rel in ("bin/python", f"root/usr/bin/python{GUEST_PYTHON}", "root/proc/cpuinfo", f"root{BOARD_MARKER}"):
         if not (path / rel).is_file():
             return "damaged", f"{rel} is missing"
     files, size = _tree_size(path / "root"), _tree_size(path / "site")
@@ -172,11 +173,6 @@ def ensure_board(name: str, *, rebuild: bool = False, log: Callable[[str], None]
         if state == "damaged":
             say(f"board {name} is damaged ({why}); rebuilding it")
         return _build(name, say)
-
-
-def build_board(name: str, *, log: Callable[[str], None] | None = None) -> Board:
-    """Build ``name`` from nothing (replacing what is there)."""
-    return ensure_board(name, rebuild=True, log=log)
 
 
 def remove_board(name: str) -> bool:
@@ -303,11 +299,12 @@ here=$(dirname "$(readlink -f "$0")")/..
 PYTHONPATH="$here/site" PYTHONNOUSERSITE=1 exec {qemu} -cpu {cpu} -L "$here/root" "$here/root/usr/bin/python{py}" "$@"
 """
 
-_HWCAP_PROBE = ("import ctypes, json; g = ctypes.CDLL(None).getauxval; g.restype = ctypes.c_ulong; "
-                "g.argtypes = [ctypes.c_ulong]; print(json.dumps([g(16), g(26)]))")
+# the agent's own reading of the CPU features, run by the guest Python on the emulated CPU
+_FEATURES_PROBE = (f"import json, sys; sys.path.insert(0, {str(AGENT_PATH.parent)!r}); import agent; "
+                   f"print(json.dumps(agent._auxv_features()))")
 _SMOKE = ("import json, numpy, onnxruntime, onnx, ai_edge_litert, ai_edge_litert.interpreter; "
           "from importlib.metadata import version; "
-          "print(json.dumps({d: version(d) for d in ('numpy', 'onnxruntime', 'ai-edge-litert', 'onnx')}))")
+          f"print(json.dumps({{d: version(d) for d in {RUNTIMES!r}}}))")
 
 
 def _build(name: str, say: Callable[[str], None]) -> Board:
@@ -335,14 +332,14 @@ def _build(name: str, say: Callable[[str], None]) -> Board:
         _pip_wheels(work / "site", versions)
         guest = [qemu, "-cpu", spec.cpu, "-L", str(work / "root"),
                  str(work / "root" / "usr" / "bin" / f"python{GUEST_PYTHON}")]
-        hw = json.loads(_run([*guest, "-c", _HWCAP_PROBE], f"starting the arm64 Python under qemu ({spec.cpu})",
-                             timeout=300).strip().splitlines()[-1])
-        features = hwcap_features(int(hw[0]), int(hw[1]))
+        features = json.loads(_run([*guest, "-c", _FEATURES_PROBE], f"starting the arm64 Python under qemu "
+                                   f"({spec.cpu})", timeout=300, env={**os.environ, "PYTHONPATH": str(work / "site")}
+                                   ).strip().splitlines()[-1])
         (work / "root" / "proc").mkdir()
         (work / "root" / "proc" / "cpuinfo").write_text(_cpuinfo(spec, features))
         _sys_tree(work / "root", spec)
         emulator = _qemu_version(qemu)
-        (work / "root" / "etc" / "edgekit-board.json").write_text(json.dumps(
+        (work / "root" / BOARD_MARKER.lstrip("/")).write_text(json.dumps(
             {"board": name, "emulator": emulator, "cpu": spec.cpu}) + "\n")
         (work / "bin").mkdir()
         wrapper = work / "bin" / "python"

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import open_device
-from .agent import INTERMEDIATE_PREFIX
-from .base import AgentDevice, ModelFile, RunResult, open_model
+from .base import ModelFile, RunResult, open_model
+from .measure import real_inputs, run_with_intermediates
 from .stats import Protocol
 from .store import ResultStore
 
@@ -146,16 +146,7 @@ def _output_scales(model: ModelFile, result: RunResult) -> list[float | None]:
 def _run(dev, model: ModelFile, inputs: list[np.ndarray] | None, protocol: Protocol, per_layer: bool):
     if not per_layer:
         return dev.run(model, inputs, protocol=protocol), None, {}, None
-    if not isinstance(dev, AgentDevice) or type(dev).run is not AgentDevice.run:
-        raise ValueError(f"per-layer outputs need the edgekit agent to run the model; device {dev.address!r} runs "
-                         f"it another way (use a local, ssh or qemu device)")
-    request = dict(dev.request(model, protocol, with_inputs=inputs is not None), intermediates=True)
-    result, files = dev._invoke(model, request, inputs)
-    outs = files["outputs"]
-    tensors = {k: v for k, v in outs.items() if k.startswith(INTERMEDIATE_PREFIX)}
-    files = {**files, "outputs": {k: v for k, v in outs.items() if not k.startswith(INTERMEDIATE_PREFIX)}}
-    return (dev._result(model, protocol, result, files), list(result.get("intermediates", [])), tensors,
-            result.get("intermediates_kernels"))
+    return run_with_intermediates(dev, model, inputs, protocol)
 
 
 def _layers(index_a: Sequence[Mapping[str, Any]], tensors_a: Mapping[str, np.ndarray],
@@ -180,8 +171,6 @@ def compare_devices(path: str | Path, device: str, *, against: str = "local", pr
     file, the first device's seeded inputs for a third-party one) and compare every output, and
     with ``per_layer`` every op output. ``device_options`` and ``profile`` apply to ``device``.
     Both results go to the store only when both runs succeeded."""
-    from .measure import real_inputs
-
     if samples < 1:
         raise ValueError(f"samples {samples} must be >= 1")
     if device == against:

@@ -26,7 +26,8 @@ from .base import AgentDevice, ModelFile, RunResult, open_model
 from .stats import Protocol
 from .store import ResultStore
 
-__all__ = ["Measurement", "measure", "real_inputs", "LayerParity", "PerLayerParity", "layer_parity"]
+__all__ = ["Measurement", "measure", "real_inputs", "run_with_intermediates", "LayerParity", "PerLayerParity",
+           "layer_parity"]
 
 
 @dataclass(frozen=True)
@@ -293,18 +294,20 @@ def layer_parity(model, nchw: np.ndarray, index: list[Mapping[str, str]], tensor
     return PerLayerParity(rows_t, jump, len(index), drop_db, floor_db, ok_db, window)
 
 
-def _run_with_intermediates(dev, model: ModelFile, inputs: list[np.ndarray], protocol: Protocol
-                            ) -> tuple[RunResult, list[dict[str, str]], dict[str, np.ndarray]]:
-    """``dev.run`` with the agent asked for every op's output too; those come back apart."""
+def run_with_intermediates(dev, model: ModelFile, inputs: list[np.ndarray] | None, protocol: Protocol
+                           ) -> tuple[RunResult, list[dict[str, str]], dict[str, np.ndarray], str | None]:
+    """``dev.run`` with the agent asked for every op's output too; those come back apart: (result,
+    the agent's index of them, the tensors by key, which kernels computed them)."""
     if not isinstance(dev, AgentDevice) or type(dev).run is not AgentDevice.run:
-        raise ValueError(f"per-layer parity needs the edgekit agent to run the model; device {dev.address!r} "
-                         f"runs it another way (use a local or ssh device)")
-    request = dict(dev.request(model, protocol, with_inputs=True), intermediates=True)
+        raise ValueError(f"per-layer outputs need the edgekit agent to run the model; device {dev.address!r} "
+                         f"runs it another way (use a local, ssh or qemu device)")
+    request = dict(dev.request(model, protocol, with_inputs=inputs is not None), intermediates=True)
     result, files = dev._invoke(model, request, inputs)
     outs = files["outputs"]
     tensors = {k: v for k, v in outs.items() if k.startswith(INTERMEDIATE_PREFIX)}
     files = {**files, "outputs": {k: v for k, v in outs.items() if not k.startswith(INTERMEDIATE_PREFIX)}}
-    return dev._result(model, protocol, result, files), list(result.get("intermediates", [])), tensors
+    return (dev._result(model, protocol, result, files), list(result.get("intermediates", [])), tensors,
+            result.get("intermediates_kernels"))
 
 
 def measure(path: str | Path, *, device: str = "local", protocol: Protocol = Protocol(), compare: bool = False,
@@ -332,7 +335,7 @@ def _measure(model: ModelFile, dev, *, protocol: Protocol, compare: bool, data: 
         inputs, nchw = real_inputs(model, data=data, samples=samples)
         source = f"{data} test images 0..{len(nchw) - 1}"
         if per_layer:
-            result, index, tensors = _run_with_intermediates(dev, model, [inputs], protocol)
+            result, index, tensors, _ = run_with_intermediates(dev, model, [inputs], protocol)
         else:
             result = dev.run(model, [inputs], protocol=protocol)
     else:

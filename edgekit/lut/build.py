@@ -138,13 +138,9 @@ def measure_networks(lut: Lut, space: FBNetV1Space, measure: Measure, *, samples
 
 @functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # no /proc (macOS, Windows): platform.processor() below is the best this host offers
-    return platform.processor() or platform.machine()
+    """This host's CPU named as the device agent names it (ARM cores decoded from their part)."""
+    from ..devices.agent import cpu_description
+    return cpu_description()["cpu_model"]
 
 
 def local_fingerprint(runtime: str, threads: int) -> dict[str, Any]:

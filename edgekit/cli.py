@@ -94,10 +94,20 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
 def _export_model(args: argparse.Namespace):
     """(model, name, weights path, weights sha, external source) for `edgekit export` from its arguments."""
     from .models import ArchSpec, create_model
-    from .models.external import describe, is_external, load_external
+    from .models.external import describe, is_external, load_external, load_timm_source
+    from .models.pretrained import is_timm
     from .train import build_model, load_weights
 
     external = (args.input_size, args.mean, args.std, args.preset)
+    if is_timm(args.model):
+        if not args.weights:
+            raise ValueError(f"{args.model} needs its checkpoint: --weights FILE (.safetensors, .pth or .pth.tar; "
+                             f"edgekit never downloads)")
+        if args.arch or args.num_classes or args.in_chans or any(v is not None for v in external):
+            raise ValueError(f"{args.model} takes its classes, channels and preprocessing from the checkpoint and "
+                             f"timm's configuration; only --resolution may change its input side")
+        model, source = load_timm_source(args.model, args.weights, args.resolution)
+        return model, args.name or args.model.removeprefix("timm:"), None, None, source
     if is_external(args.model):
         if args.weights or args.arch:
             raise ValueError(f"--weights and --arch are for zoo models; {args.model} builds its own network with its "
@@ -509,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("export", help="export a model to ONNX / TFLite, fp32 / int8, checked against PyTorch")
-    p.add_argument("model", help="a zoo variant, path/to/file.py:factory, package.module:factory or a "
-                   "torch.export program (.pt2)")
+    p.add_argument("model", help="a zoo variant, timm:NAME (a timm checkpoint of a zoo network, with --weights), "
+                   "path/to/file.py:factory, package.module:factory or a torch.export program (.pt2)")
     p.add_argument("--input-size", type=_floats(int, "C,H,W", 3), metavar="C,H,W",
                    help="input of a network from outside the zoo, e.g. 3,224,224")
     p.add_argument("--mean", type=_floats(float, "M[,M,M]"), help="per-channel mean of the input normalisation")
@@ -521,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx,tflite", help="comma list of onnx, tflite")
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
     p.add_argument("--out", required=True, help="existing output directory")
-    p.add_argument("--weights", help="weights file from `edgekit train` (sets classes, channels, resolution)")
+    p.add_argument("--weights", help="weights file from `edgekit train` (sets classes, channels, resolution), or the "
+                   "checkpoint of timm:NAME")
     p.add_argument("--arch", help="ArchSpec JSON to build instead of a zoo model")
     p.add_argument("--resolution", type=_resolution)
     p.add_argument("--num-classes", type=int)
@@ -549,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=int, help="first N test images only")
-    p.add_argument("--weights", help="PyTorch weights (default: the file named in the manifest)")
+    p.add_argument("--weights", help="PyTorch weights or timm checkpoint (default: the file named in the manifest)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)

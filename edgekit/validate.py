@@ -53,9 +53,10 @@ def reference_model(art: Artifact, weights: str | Path | None = None) -> torch.n
     no weights file and none is given (an export of untrained weights has no accuracy to compare)."""
     from .train import load_weights
 
-    if art.manifest.source is not None and weights is None:  # a network from outside the zoo: build it again
+    source = art.manifest.source
+    if source is not None and (weights is None or source["kind"] == "timm"):  # outside the zoo: build it again
         from .models.external import rebuild
-        return rebuild(art.manifest.source)
+        return rebuild(source, weights)
     path = weights or art.manifest.weights_file
     if path is None:
         return None

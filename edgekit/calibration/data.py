@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..exporters.artifact import Preprocessing
+from ..exporters.artifact import RESIZE_MODES, Preprocessing
 
 __all__ = ["Dataset", "FASHION_MNIST_CLASSES", "SyntheticDataWarning", "load_dataset", "preprocess",
            "preprocessing_for", "resize", "crop_canvas", "calibration_batch", "synthetic_batch", "read_idx",
@@ -327,8 +327,13 @@ def preprocessing_for(model_default_cfg: Mapping[str, Any]) -> Preprocessing:
     if len(size) != 3:
         raise ValueError(f"model default_cfg input_size {size} must be [C, H, W]")
     c, h, w = (int(v) for v in size)
+    # a checkpoint's own evaluation transform (timm's names): its crop share and interpolation, the
+    # latter antialiased as the image libraries it was measured with resize
+    interpolation = model_default_cfg.get("interpolation")
+    resize = {"bicubic": "bicubic-aa", "bilinear": "bilinear-aa"}.get(interpolation, "bilinear")
     return Preprocessing(resolution=(h, w), channels=c, mean=tuple(model_default_cfg["mean"]),
-                         std=tuple(model_default_cfg["std"]), channel_order="L" if c == 1 else "RGB")
+                         std=tuple(model_default_cfg["std"]), channel_order="L" if c == 1 else "RGB",
+                         resize=resize, crop_pct=float(model_default_cfg.get("crop_pct", 1.0)))
 
 
 def preprocess(images: np.ndarray, pre: Preprocessing, *, layout: str = "NCHW") -> np.ndarray:
@@ -417,12 +422,19 @@ def _cover(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """Resize (N, C, H, W) keeping the aspect ratio so it just covers ``size``, then crop the centre."""
     h, w = x.shape[2:]
     scale = max(size[0] / h, size[1] / w)
-    return _centre(resize(x, (max(size[0], round(h * scale)), max(size[1], round(w * scale))), mode=mode), size)
+    return _centre(_unit_resize(x, (max(size[0], round(h * scale)), max(size[1], round(w * scale))), mode), size)
+
+
+def _unit_resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """``resize`` of images in [0, 1], kept in [0, 1] (a bicubic filter overshoots at edges; image
+    libraries clip it to the pixel range)."""
+    y = resize(x, size, mode=mode)
+    return np.clip(y, 0.0, 1.0, out=y) if mode in _FILTERS else y
 
 
 def _to_resolution(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
     if pre.crop_pct >= 1:
-        return resize(x, pre.resolution, mode=pre.resize)
+        return _unit_resize(x, pre.resolution, pre.resize)
     return _centre(_cover(x, crop_canvas(pre), pre.resize), pre.resolution)  # the crop keeps crop_pct of it
 
 
@@ -434,15 +446,41 @@ def resize(x: np.ndarray, size: tuple[int, int], *, mode: str = "bilinear") -> n
     >>> resize(np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2), (4, 4))[0, 0, 0].tolist()
     [0.0, 0.25, 0.75, 1.0]
     """
-    _choice("resize mode", mode, ("bilinear", "nearest"))
+    _choice("resize mode", mode, RESIZE_MODES)
     x = _resize_axis(x, int(size[1]), axis=3, mode=mode)
     return _resize_axis(x, int(size[0]), axis=2, mode=mode)
+
+
+def _cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    np.where(t < 2, (((t - 5) * t + 8) * t - 4) * a, 0.0))
+
+
+_FILTERS = {"bicubic-aa": (_cubic, 2.0), "bilinear-aa": (lambda t: np.maximum(1.0 - np.abs(t), 0.0), 1.0)}
+
+
+def _filter_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """(n_out, n_in) weights of a separable resampling filter: each output pixel a normalised,
+    filter-weighted sum of the input pixels within its support, the support widened by the
+    scale when shrinking (Pillow's resampling)."""
+    fn, support = _FILTERS[mode]
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    centre = (np.arange(n_out) + 0.5) * scale  # output pixel centres in input coordinates
+    src = np.arange(n_in) + 0.5
+    w = fn((src[None, :] - centre[:, None]) / stretch)
+    w[np.abs(src[None, :] - centre[:, None]) >= support * stretch] = 0.0
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _resize_axis(x: np.ndarray, n_out: int, *, axis: int, mode: str) -> np.ndarray:
     n_in = x.shape[axis]
     if n_out == n_in:
         return x
+    if mode in _FILTERS:
+        out = np.tensordot(np.moveaxis(x, axis, -1), _filter_weights(n_in, n_out, mode).T, axes=1)
+        return np.moveaxis(out, -1, axis).astype(np.float32)
     if mode == "nearest":
         scale = np.float32(n_in) / np.float32(n_out)
         src = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64), n_in - 1)

@@ -67,6 +67,10 @@ class TensorInfo:
         return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" and y.ndim == 4 else y
 
 
+# "bilinear" / "nearest": torch's interpolate; "-aa": Pillow's antialiased filters (timm's evaluation)
+RESIZE_MODES = ("bilinear", "nearest", "bicubic-aa", "bilinear-aa")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What turns a stored image into the model's float input: resize to ``resolution`` (H, W),
@@ -95,7 +99,7 @@ class Preprocessing:
         if any(s <= 0 for s in self.std):
             raise ValueError(f"preprocessing std {self.std} must be > 0")
         _choice("preprocessing", "channel_order", self.channel_order, ("RGB", "BGR", "L"))
-        _choice("preprocessing", "resize", self.resize, ("bilinear", "nearest"))
+        _choice("preprocessing", "resize", self.resize, RESIZE_MODES)
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"preprocessing crop_pct {self.crop_pct} must be in (0, 1]")

@@ -26,6 +26,7 @@ __all__ = ["ArchSpec", "BlockSpec", "StemSpec", "HeadSpec", "BuildContext", "reg
            "block_types", "build_block", "from_arch", "ArchNet"]
 
 SCHEMA_VERSION = 1
+PADDINGS = ("symmetric", "same")
 _ACTS = tuple(sorted(ACTIVATIONS))
 
 
@@ -56,6 +57,7 @@ class BlockSpec:
     se_act: str | None = None
     act: str = "relu"
     dw_padding: int | None = None  # None = kernel // 2; FBNetV3 overrides it on a few blocks
+    pw_always: bool = False  # 'ir': a 1x1 expansion conv even at in == mid (timm's fbnetc_100)
 
     def __post_init__(self):
         where = f"block {self.type!r}"
@@ -134,6 +136,7 @@ class ArchSpec:
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     drop_path_rate: float = 0.0  # stochastic depth, linear over all blocks
+    padding: str = "symmetric"  # or "same": TensorFlow's, asymmetric at stride 2 (timm's tf_ checkpoints)
 
     def __post_init__(self):
         # accept lists (as JSON gives them) but keep tuples, so specs hash and compare
@@ -144,6 +147,8 @@ class ArchSpec:
             raise ValueError(f"arch {self.name!r}: channel_divisor {self.channel_divisor} must be >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"arch {self.name!r}: drop_path_rate {self.drop_path_rate} must be in [0, 1)")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"arch {self.name!r}: padding {self.padding!r} must be one of {PADDINGS}")
         for i, stage in enumerate(self.stages):
             for j, block in enumerate(stage):
                 if block.type not in _BLOCKS:
@@ -227,6 +232,14 @@ class BuildContext:
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     drop_path: float = 0.0  # this block's stochastic-depth rate
+    padding: str = "symmetric"  # the ArchSpec's
+
+    def conv_padding(self, override: int | None = None) -> int | str | None:
+        """What a strided conv of the block passes as ``ConvBNAct(padding=...)``: the block's own
+        override, else ``"same"`` in a TensorFlow-padded network, else None (symmetric)."""
+        if override is not None:
+            return override
+        return "same" if self.padding == "same" else None
 
 
 BlockBuilder = Callable[[BlockSpec, BuildContext], nn.Module]
@@ -289,7 +302,8 @@ class ArchNet(nn.Module):
         self.spec = spec
         eps, mom = spec.bn_eps, spec.bn_momentum
         self.stem = ConvBNAct(in_chans, spec.stem.channels, spec.stem.kernel, spec.stem.stride,
-                              act=spec.stem.act, bn_eps=eps, bn_momentum=mom)
+                              act=spec.stem.act, bn_eps=eps, bn_momentum=mom,
+                              padding="same" if spec.padding == "same" else None)
         chs = spec.stem.channels
         n_blocks, idx = len(spec.blocks), 0
         stages = []
@@ -297,7 +311,7 @@ class ArchNet(nn.Module):
             blocks = []
             for block in stage:
                 ctx = BuildContext(chs, spec.channel_divisor, eps, mom,
-                                   drop_path=spec.drop_path_rate * idx / n_blocks)
+                                   drop_path=spec.drop_path_rate * idx / n_blocks, padding=spec.padding)
                 blocks.append(_BLOCKS[block.type](block, ctx))
                 chs = block.out_channels
                 idx += 1
@@ -327,5 +341,5 @@ def from_arch(spec: ArchSpec | Mapping[str, Any] | str, *, num_classes: int = 10
 def _conv_block(spec: BlockSpec, ctx: BuildContext) -> nn.Module:
     """A plain conv + BN + act (kernel, stride, groups, act, out_channels)."""
     return ConvBNAct(ctx.in_channels, spec.out_channels, spec.kernel, spec.stride, groups=spec.groups,
-                     act=spec.act, bn_eps=ctx.bn_eps, bn_momentum=ctx.bn_momentum)
+                     act=spec.act, bn_eps=ctx.bn_eps, bn_momentum=ctx.bn_momentum, padding=ctx.conv_padding())
 

@@ -51,6 +51,8 @@ def _check_fields(spec: BlockSpec, *, se_ok: bool) -> None:
     if not se_ok and spec.dw_padding is not None:
         raise ValueError(f"block {spec.type!r}: dw_padding {spec.dw_padding} is not supported: it has no "
                          f"depthwise conv (leave it None)")
+    if spec.pw_always:
+        raise ValueError(f"block {spec.type!r}: pw_always is an 'ir' block's option (leave it False)")
 
 
 def _se_width(spec: BlockSpec, in_chs: int, mid: int) -> int:
@@ -94,8 +96,8 @@ class MBConv(nn.Module):
             raise ValueError(f"block 'mbconv': dw_padding {spec.dw_padding} with kernel {spec.kernel} changes "
                              f"the map size of a residual block; use {spec.kernel // 2} or None")
         self.conv_pw = ConvBNAct(in_chs, mid, 1, act=spec.act, **bn) if spec.expansion != 1 else None
-        self.conv_dw = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, padding=spec.dw_padding,
-                                 act=spec.act, **bn)
+        self.conv_dw = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid,
+                                 padding=ctx.conv_padding(spec.dw_padding), act=spec.act, **bn)
         self.se = (SqueezeExcite(mid, _se_width(spec, in_chs, mid), act=spec.se_act or spec.act, gate=spec.se_gate)
                    if spec.se > 0 else None)
         self.conv_pwl = ConvBNAct(mid, out_chs, 1, act=None, **bn)
@@ -123,11 +125,13 @@ class FusedMBConv(nn.Module):
         bn = dict(bn_eps=ctx.bn_eps, bn_momentum=ctx.bn_momentum)
         self.has_residual = spec.stride == 1 and in_chs == out_chs
         if spec.expansion == 1:
-            self.conv = ConvBNAct(in_chs, out_chs, spec.kernel, spec.stride, act=spec.act, **bn)
+            self.conv = ConvBNAct(in_chs, out_chs, spec.kernel, spec.stride, act=spec.act,
+                                  padding=ctx.conv_padding(), **bn)
             self.conv_pwl = None
         else:
             mid = make_divisible(in_chs * spec.expansion, ctx.channel_divisor)
-            self.conv = ConvBNAct(in_chs, mid, spec.kernel, spec.stride, act=spec.act, **bn)
+            self.conv = ConvBNAct(in_chs, mid, spec.kernel, spec.stride, act=spec.act,
+                                  padding=ctx.conv_padding(), **bn)
             self.conv_pwl = ConvBNAct(mid, out_chs, 1, act=None, **bn)
         self.drop_path = DropPath(ctx.drop_path) if self.has_residual and ctx.drop_path > 0 else nn.Identity()
         _init_block(self, self.conv if self.conv_pwl is None else self.conv_pwl)

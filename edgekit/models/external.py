@@ -25,7 +25,8 @@ from torch import nn
 
 from ..exporters.artifact import sha256_file
 
-__all__ = ["PRESETS", "Source", "is_external", "load_external", "describe", "rebuild", "state_digest"]
+__all__ = ["PRESETS", "Source", "is_external", "load_external", "load_timm_source", "describe", "rebuild",
+           "state_digest"]
 
 # name -> (mean, std) per channel; a 1-channel model takes the first value of a 3-channel preset's
 # mean of the three (grey images are the luminance of the RGB ones)
@@ -38,7 +39,8 @@ PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 @dataclass(frozen=True)
 class Source:
-    """Where an external network came from: ``kind`` ``factory`` or ``program``; ``spec`` as the user
+    """Where an external network came from: ``kind`` ``factory``, ``program`` or ``timm`` (a timm
+    checkpoint of a zoo network, ``models.pretrained``); ``spec`` as the user
     gave it (a file path made absolute); ``file_sha256`` of the .py / .pt2 file (None for a module
     found on the import path); ``state_sha256``: digest of every parameter and buffer at export,
     so a rebuilt network is known to be the same one."""
@@ -47,6 +49,8 @@ class Source:
     spec: str
     file_sha256: str | None
     state_sha256: str
+    weights: str | None = None  # kind ``timm``: the checkpoint file (absolute), whose sha256 is file_sha256
+    resolution: int | None = None  # kind ``timm``: the input side, when not timm's own
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,8 +258,25 @@ class _Described(nn.Module):
         return self.inner(*args)
 
 
-def rebuild(source: Mapping[str, Any]) -> nn.Module:
-    """The network a manifest's ``source`` names, checked to hold the same weights as at export."""
+def load_timm_source(spec: str, weights: str | Path, resolution: int | None = None) -> tuple[nn.Module, Source]:
+    """A timm checkpoint of a zoo network (``timm:NAME`` + file) and its Source."""
+    from .pretrained import load_timm
+    model, sha = load_timm(spec, weights, resolution=resolution)
+    return model, Source("timm", spec, sha, state_digest(model), str(Path(weights).resolve()), resolution)
+
+
+def rebuild(source: Mapping[str, Any], weights: str | Path | None = None) -> nn.Module:
+    """The network a manifest's ``source`` names, checked to hold the same weights as at export
+    (for a timm checkpoint, ``weights`` stands in for a file that has moved)."""
+    if source["kind"] == "timm":
+        path = Path(weights or source["weights"])
+        if not path.is_file():
+            raise ValueError(f"the checkpoint {path} of {source['spec']} is gone; pass --weights FILE")
+        model, now = load_timm_source(source["spec"], path, source.get("resolution"))
+        if now.file_sha256 != source["file_sha256"]:
+            raise ValueError(f"{path} is not the checkpoint the file was exported from (sha256 differs); pass the right "
+                             f"--weights FILE or re-export")
+        return model
     model, now = load_external(source["spec"])
     if source.get("file_sha256") and now.file_sha256 != source["file_sha256"]:
         raise ValueError(f"{source['spec']} changed since the export (sha256 differs); re-export, or pass --weights")

@@ -60,7 +60,7 @@ def _se_width(spec: BlockSpec, mid: int) -> int:
 class IRFBlock(nn.Module):
     """mobile-vision's inverted residual: [pw 1x1 (+shuffle)] -> dw kxk -> [SE] -> pwl 1x1 (+ residual).
 
-    The pw conv exists only when ``in != mid`` (``mid = get_divisible_by(in * e, channel_divisor)``);
+    The pw conv exists only when ``in != mid`` (or ``pw_always``) (``mid = get_divisible_by(in * e, channel_divisor)``);
     ``groups`` applies to pw and pwl, with a channel shuffle after the pw when > 1; the residual
     exists exactly when stride is 1 and ``in == out``. ``dw_padding`` overrides the dw padding
     (FBNetV3 shrinks its maps this way).
@@ -73,9 +73,10 @@ class IRFBlock(nn.Module):
         self.has_residual = spec.stride == 1 and in_chs == out_chs
         _check_ir(spec, in_chs, mid, self.has_residual)
         bn = dict(bn_eps=ctx.bn_eps, bn_momentum=ctx.bn_momentum)
-        self.pw = ConvBNAct(in_chs, mid, 1, groups=g, act=spec.act, **bn) if in_chs != mid else None
+        self.pw = (ConvBNAct(in_chs, mid, 1, groups=g, act=spec.act, **bn)
+                   if in_chs != mid or spec.pw_always else None)
         self.shuffle = ChannelShuffle(g) if g > 1 else None
-        self.dw = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, padding=spec.dw_padding,
+        self.dw = ConvBNAct(mid, mid, spec.kernel, spec.stride, groups=mid, padding=ctx.conv_padding(spec.dw_padding),
                             act=spec.act, **bn)
         self.se = (SqueezeExcite(mid, _se_width(spec, mid), act=spec.se_act or spec.act, gate=spec.se_gate)
                    if spec.se > 0 else None)
@@ -118,7 +119,7 @@ def _init_convs(*modules: nn.Module | None) -> None:
 @register_block("ir")
 def _ir_block(spec: BlockSpec, ctx: BuildContext) -> nn.Module:
     """Reads out_channels, kernel, stride, expansion, groups, se/se_from/se_divisor/se_gate/se_act, act,
-    dw_padding."""
+    dw_padding, pw_always."""
     return IRFBlock(spec, ctx)
 
 

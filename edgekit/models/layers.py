@@ -14,6 +14,7 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "ChannelShuffle",
+    "Conv2dSame",
     "ConvBNAct",
     "DropPath",
     "HardSigmoid",
@@ -67,19 +68,43 @@ def make_act(name: str | None, channels: int = 1) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding: the output side is ``ceil(in / stride)`` and
+    the padding that takes is split with the extra pixel at the bottom / right. At stride 1 with an
+    odd kernel that is the usual symmetric ``k // 2``; at stride 2 it is asymmetric, and it depends on
+    the input size, so it is worked out on each call (a fixed number once exported)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, padding=0, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in reversed(list(zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation))):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]  # F.pad takes (left, right, top, bottom)
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d -> BatchNorm2d -> activation; ``act=None`` leaves the activation out,
-    ``bn=False`` leaves the norm out (and then the conv carries a bias unless told otherwise)."""
+    ``bn=False`` leaves the norm out (and then the conv carries a bias unless told otherwise).
+    ``padding="same"`` pads as TensorFlow does (:class:`Conv2dSame`) where that differs from the
+    symmetric default, i.e. at stride > 1."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel: int | tuple[int, int] = 1, stride: int = 1, *,
-                 groups: int = 1, dilation: int = 1, padding: int | tuple[int, int] | None = None,
+                 groups: int = 1, dilation: int = 1, padding: int | tuple[int, int] | str | None = None,
                  act: str | None = "relu", bn: bool = True, bias: bool | None = None,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-        if padding is None:
-            padding = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
-        conv = nn.Conv2d(in_chs, out_chs, (kh, kw), stride, padding, dilation=dilation, groups=groups,
-                         bias=(not bn) if bias is None else bias)
+        bias = (not bn) if bias is None else bias
+        if padding == "same" and stride > 1:
+            conv: nn.Conv2d = Conv2dSame(in_chs, out_chs, (kh, kw), stride, dilation=dilation, groups=groups,
+                                         bias=bias)
+        else:
+            if padding is None or padding == "same":
+                padding = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
+            conv = nn.Conv2d(in_chs, out_chs, (kh, kw), stride, padding, dilation=dilation, groups=groups,
+                             bias=bias)
         layers: list[nn.Module] = [conv]
         if bn:
             layers.append(nn.BatchNorm2d(out_chs, eps=bn_eps, momentum=bn_momentum))

@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
                       f"({rec['seconds']:.0f} s)", highlight=False)
 
     result = train(args.model, data=args.data, out=args.out, config=config, in_chans=args.in_chans,
-                   resolution=args.resolution, progress=progress)
+                   resolution=args.resolution, init=args.init, progress=progress)
     if args.json:
         print(json.dumps({"weights": str(result.weights), "top1": result.top1, "epochs": result.epochs,
                           "seconds": result.seconds, "history": list(result.history)}, indent=2))
@@ -564,12 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("train", help="train a zoo model on a labelled dataset (Fashion-MNIST by default)")
+    p = sub.add_parser("train", help="train a zoo model on a labelled dataset (Fashion-MNIST by default), or fine-tune "
+                       "a timm checkpoint (timm:NAME --init FILE)")
     p.add_argument("model")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:N], a directory of IDX files or class folders")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--out", required=True, help="weights file to write (.pt)")
-    p.add_argument("--in-chans", type=int, default=1, choices=(1, 3))
+    p.add_argument("--in-chans", type=int, default=1, choices=(1, 3), help="1 or 3 (timm:NAME: always 3)")
+    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune timm:NAME from this checkpoint (a new classifier "
+                   "for the dataset's classes)")
     p.add_argument("--resolution", type=int, help="input side (default: 32, or the model's minimum)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)

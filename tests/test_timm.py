@@ -211,3 +211,87 @@ def test_antialiased_resize_is_pillows(mode, pil, src, dst):
     ref = np.asarray(Image.fromarray(x, mode="F").resize(dst[::-1], getattr(Image.Resampling, pil)))
     out = resize(x[None, None], dst, mode=mode)[0, 0]
     assert float(np.abs(out - ref).max()) < 1e-5
+
+
+def _image_folder(root: Path) -> Path:
+    """Three classes of JPEG / PNG images of several sizes, as an ImageNet-style folder holds them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for c in range(3):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            im = (rng.random((40 + 9 * i, 56, 3)) * 255).astype(np.uint8)
+            Image.fromarray(im).save(folder / f"{i}{'.jpg' if i % 2 else '.png'}")
+    return root
+
+
+@pytest.mark.slow
+def test_checkpoint_to_int8_validated_on_images_and_run(fixtures, tmp_path, home, edgekit_cli):
+    """README's walk-through (with the ONNX int8 file, the quicker to make; the TFLite exporter takes
+    the same model and manifest fields): a timm GhostNet checkpoint to int8, validated on an image
+    folder (timm's bicubic crop applied), run on the local device against the PyTorch network
+    rebuilt from the checkpoint the manifest names."""
+    from safetensors.torch import save_file
+
+    archs, _ = fixtures
+    ckpt = tmp_path / "ghostnet_050.safetensors"
+    save_file(_state(archs, "ghostnet_050"), ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = edgekit_cli("export", "timm:ghostnet_050", "--weights", ckpt, "--resolution", 64, "--format", "onnx",
+                       "--precision", "int8", "--calib-samples", 64, "--out", out, "--json")
+    assert done.returncode == 0, done.stderr
+    (art,) = json.loads(done.stdout)["artifacts"]
+    manifest = json.loads(Path(art["manifest"]).read_text())
+    assert manifest["source"]["kind"] == "timm" and manifest["source"]["weights"] == str(ckpt)
+    assert manifest["preprocessing"]["resize"] == "bicubic-aa" and manifest["preprocessing"]["crop_pct"] == 0.875
+    images = _image_folder(tmp_path / "images")
+    done = edgekit_cli("validate", art["path"], "--data", images, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["n"] == 18 and report["torch_top1"] is not None and report["parity"]["n"] == 18
+    done = edgekit_cli("run", art["path"], "--compare", "--samples", 8, "--runs", 5, "--warmup", 2, "--max-runs", 10)
+    assert done.returncode == 0, done.stderr
+    assert "parity" in done.stdout
+    moved = tmp_path / "moved.safetensors"
+    ckpt.rename(moved)
+    done = edgekit_cli("validate", art["path"], "--data", images)
+    assert done.returncode != 0 and f"the checkpoint {ckpt} of timm:ghostnet_050 is gone" in done.stderr
+    done = edgekit_cli("validate", art["path"], "--data", images, "--weights", moved)
+    assert done.returncode == 0, done.stderr
+
+
+def test_export_refuses_what_a_checkpoint_decides(tmp_path, edgekit_cli):
+    done = edgekit_cli("export", "timm:ghostnet_050", "--out", tmp_path)
+    assert done.returncode != 0 and "needs its checkpoint: --weights FILE" in done.stderr
+    done = edgekit_cli("export", "timm:ghostnet_050", "--weights", tmp_path / "x.pth", "--num-classes", 10,
+                       "--out", tmp_path)
+    assert done.returncode != 0 and "only --resolution may change" in done.stderr
+
+
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_exports_with_its_preprocessing(fixtures, tmp_path, edgekit_cli):
+    """train timm:NAME --init FILE: the checkpoint's network with a new 10-class classifier, trained
+    on Fashion-MNIST; its weights file rebuilds the same network (TF padding and eps kept) with
+    timm's preprocessing for that name."""
+    from edgekit.train import load_weights
+
+    archs, _ = fixtures
+    ckpt = tmp_path / "b0.pth"
+    torch.save(_state(archs, "tf_efficientnet_b0"), ckpt)
+    out = tmp_path / "ft.pt"
+    done = edgekit_cli("train", "timm:tf_efficientnet_b0", "--init", ckpt, "--data", "fashion-mnist:400",
+                       "--resolution", 32, "--out", out, "--json")
+    assert done.returncode == 0, done.stderr
+    model, meta, _ = load_weights(out)
+    assert meta["init"]["spec"] == "timm:tf_efficientnet_b0" and meta["num_classes"] == 10
+    assert model.spec.padding == "same" and model.spec.bn_eps == 1e-3
+    assert model.head.classifier.out_features == 10
+    pre = preprocessing_for(model.default_cfg)
+    assert pre.resize == "bicubic-aa" and pre.crop_pct == 0.875 and pre.resolution == (32, 32)
+    start, _ = load_timm("timm:tf_efficientnet_b0", ckpt)
+    assert not torch.equal(start.stem[0].weight, model.stem[0].weight)  # trained, not just copied
+    done = edgekit_cli("train", "ghostnet_0_5", "--init", ckpt, "--out", out)
+    assert done.returncode != 0 and "--init starts from a timm checkpoint" in done.stderr

@@ -174,7 +174,7 @@ def test_agent_bad_inputs_and_checksum(artifacts, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 1, 28, 28), np.float32))  # 28x28 into a 32x32 model
     p = _agent(tmp_path, {"model": str(path), "outputs": "o.npz", "inputs": ["x.npy"], "manifest": None})
     doc = json.loads(p.communicate(timeout=120)[0].splitlines()[-1])
-    assert doc["kind"] == "bad-input" and "(1, 1, 32, 32)" in doc["message"]
+    assert doc["kind"] == "bad-input" and "1x1x28x28, but its axis 2 is 32 in the file (1x1x32x32)" in doc["message"]
     p = _agent(tmp_path, {"model": str(path), "outputs": "o.npz", "model_sha256": "0" * 64})
     doc = json.loads(p.communicate(timeout=120)[0].splitlines()[-1])
     assert p.returncode == 3 and doc["kind"] == "checksum-mismatch"

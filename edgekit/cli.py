@@ -417,23 +417,25 @@ def cmd_results(args: argparse.Namespace, out: Console) -> int:
     from .devices.store import ResultStore
 
     store = ResultStore()
-    rows = store.query(model=args.model, device=args.device, format=args.format, precision=args.precision)
+    rows = store.query(model=args.model, device=args.device, format=args.format, precision=args.precision,
+                       input_shape=args.input_shape)
     if args.json:
         for r in rows:
             r.pop("latencies_ns")
         print(json.dumps({"database": str(store.path), "results": rows}, indent=2))
         return 0
     table = Table(title=f"{len(rows)} result(s) in {store.path}")
-    for col in ("id", "model", "device", "format", "precision", "median ms", "p90 ms", "CV %", "runtime", "threads",
-                "emulated"):
+    for col in ("id", "model", "device", "format", "precision", "input", "median ms", "p90 ms", "CV %", "runtime",
+                "threads", "emulated"):
         table.add_column(col, justify="right" if col in ("id", "median ms", "p90 ms", "CV %", "threads") else "left")
     for r in rows:
         fp = r["fingerprint"]
         med = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
         p90 = "-" if r["p90_ms"] is None else f"{r['p90_ms']:.3f}"
         emu = fp.get("emulated")
-        table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], med, p90,
-                      f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}", str(fp.get("threads")),
+        table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], r["input_shape"] or "-",
+                      med, p90, f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}",
+                      str(fp.get("threads")),
                       f"yes ({emu.get('cpu') or 'unknown CPU'}): not a latency" if emu else "no")
     out.print(table)
     if any(r["fingerprint"].get("emulated") for r in rows):
@@ -649,11 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="pi4, pi5")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_board)
-    p = sub.add_parser("results", help="list stored measurements")
-    p.add_argument("--model")
-    p.add_argument("--device")
-    p.add_argument("--format")
-    p.add_argument("--precision")
+    p = sub.add_parser("results", help="list stored measurements (filters are shell-style globs)")
+    p.add_argument("--model", help="e.g. 'ghostnet*'")
+    p.add_argument("--device", help="e.g. 'ssh://*'")
+    p.add_argument("--format", help="onnx or tflite")
+    p.add_argument("--precision", help="e.g. 'int8*'")
+    p.add_argument("--input-shape", help="e.g. '*x224x224' (several inputs: 'ids=1x16,mask=1x16')")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_results)
     from .lut.commands import add_lut_commands

@@ -199,5 +199,6 @@ def test_dynamic_tflite_over_adb_benchmark_model_gets_the_shapes(phone, tmp_path
     r = m.result
     assert r.fingerprint["runtime"] == "tflite benchmark_model" and r.stats.n == 50
     assert r.input_shape == "1x3x5x7" and r.to_dict()["output_shapes"] == {"y": [1, 3, 5, 7]}
+    assert ResultStore().query(input_shape="1x3x5x7")[0]["device"] == f"adb://{SERIAL}"
     call = (tmp_path / "phone" / "benchmark_calls.log").read_text().splitlines()[-1]
     assert "--input_layer=x --input_layer_shape=1,3,5,7" in call, call

@@ -255,6 +255,27 @@ def test_several_files_one_failing_shows_the_others_and_exits_nonzero(edgekit, t
     assert runs[1]["file"] == str(b) and "--input-shape" in runs[1]["error"]
 
 
+# ---- 8. the results store ----------------------------------------------------------------------
+
+def test_results_filter_by_glob_and_input_shape(edgekit, tmp_path):
+    dyn = pooled(tmp_path / "dyn.onnx")
+    other = pooled(tmp_path / "other.onnx", dims=(1, 3, 8, 8))
+    for shape in ("1x3x32x32", "1x3x224x224"):
+        assert edgekit("run", dyn, "--input-shape", shape, *QUICK).returncode == 0
+    assert edgekit("run", other, *QUICK).returncode == 0
+
+    def rows(*flags):
+        return [(x["model"], x["input_shape"]) for x in doc_of(edgekit("results", *flags, "--json"))["results"]]
+
+    assert rows("--model", "d*") == [("dyn", "1x3x32x32"), ("dyn", "1x3x224x224")]
+    assert rows("--input-shape", "*x224x224") == [("dyn", "1x3x224x224")]
+    assert rows("--format", "onn?", "--precision", "unk*", "--device", "loc*", "--input-shape", "1x3x8x8") == [
+        ("other", "1x3x8x8")]
+    assert rows("--model", "dyn") == rows("--model", "d*") and rows("--model", "x*") == []
+    r = edgekit("results", "--model", "dyn")
+    assert r.returncode == 0 and "input" in r.stdout and "1x3x32x32" in r.stdout and "1x3x224x224" in r.stdout
+
+
 # ---- 3. external data --------------------------------------------------------------------------
 
 def test_onnx_with_external_data_runs_locally_and_a_missing_data_file_is_named(home, tmp_path, edgekit):
@@ -266,3 +287,17 @@ def test_onnx_with_external_data_runs_locally_and_a_missing_data_file_is_named(h
     (tmp_path / "net.onnx.data").unlink()
     r = edgekit("run", path, "--input-shape", "2x8", *QUICK)
     assert r.returncode == 2 and "net.onnx.data, which is not beside it" in r.stderr, r.stderr
+
+
+def test_a_store_written_before_input_shapes_gains_the_column(tmp_path):
+    import sqlite3
+
+    from edgekit.devices import store
+
+    old = store._SCHEMA.replace(",\n    input_shape TEXT", "")
+    assert "input_shape" not in old
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.executescript(old)
+    assert ResultStore(tmp_path / "old.db").query(input_shape="*") == []
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        assert "input_shape" in {r[1] for r in db.execute("PRAGMA table_info(results)")}

@@ -368,7 +368,7 @@ def _print_tensors(r, say) -> None:
     """One line per input (as fed) and per output (of one sample): name, shape, dtype."""
     for kind, tensors in (("input", r.input_tensors), ("output", r.output_tensors)):
         for t in tensors:
-            say(f"  {kind} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype'] or 'dtype not read'}")
+            say(f"  {kind} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}")
 
 
 def _print_per_layer(pl, out: Console, top: int) -> None:

@@ -202,3 +202,10 @@ def test_dynamic_tflite_over_adb_benchmark_model_gets_the_shapes(phone, tmp_path
     assert ResultStore().query(input_shape="1x3x5x7")[0]["device"] == f"adb://{SERIAL}"
     call = (tmp_path / "phone" / "benchmark_calls.log").read_text().splitlines()[-1]
     assert "--input_layer=x --input_layer_shape=1,3,5,7" in call, call
+    no_python = {**phone, "python": None}  # the file's inputs are read on this machine instead
+    with pytest.raises(ValueError, match="--input-shape x=1x3x<dim2>x<dim3>"):
+        measure(path, device=f"adb://{SERIAL}", protocol=FAST, **no_python)
+    m = measure(path, device=f"adb://{SERIAL}", protocol=FAST, input_shapes=[(None, (1, 3, 6, 2))], **no_python)
+    assert m.result.input_shape == "1x3x6x2" and m.result.outputs == {}
+    call = (tmp_path / "phone" / "benchmark_calls.log").read_text().splitlines()[-1]
+    assert "--input_layer=x --input_layer_shape=1,3,6,2" in call, call

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..exporters.artifact import sha256_file
-from .agent import emulation, int8_features, parse_cpuinfo
+from .agent import AgentError, emulation, input_plan, int8_features, parse_cpuinfo
 from .base import (AGENT_PATH, AgentDevice, DeviceError, Inputs, InputShapes, ModelFile, RunResult, load_npz,
                    parse_agent_output, write_inputs)
 from .stats import Protocol, from_aggregate
@@ -146,10 +146,10 @@ class AdbDevice(AgentDevice):
             notes += agent.get("notes", [])
         else:
             notes.append("outputs not measured: no Python on the device (pass --device-python), so no parity")
-            if any(name is None for name, _ in input_shapes):
-                raise ValueError("benchmark_model takes input shapes by input name and there is no device Python to "
-                                 "read the names: write --input-shape NAME=SHAPE")
-            tensors = [{"name": name, "shape": list(shape), "dtype": None} for name, shape in input_shapes]
+            try:  # the agent's checks of the file's inputs, run here with this machine's runtime
+                tensors = input_plan(str(model.path), input_shapes)
+            except AgentError as e:
+                raise ValueError(f"{model.path.name}: {e}") from None
         bench = self._benchmark(model_remote, protocol, tensors)
         return self._bench_result(model, protocol, bench, files, names, notes, uploaded, tensors)
 

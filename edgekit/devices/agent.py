@@ -825,13 +825,32 @@ def _load_inputs(request: Mapping[str, Any], runner: Runner) -> tuple[list[np.nd
                                               f"{_dims_text(arrays[k].shape[1:])}")
         runner.set_shapes([a.shape[1:] for a in arrays])
         return arrays, notes
-    shapes = []
+    shapes, notes = shapes_to_make(declared, given)
+    runner.set_shapes(shapes)
+    return [x[None] for x in _random_inputs(runner, int(request.get("seed", 0)))], notes
+
+
+def shapes_to_make(declared: Sequence[Mapping[str, Any]], given: Mapping[int, tuple[int, ...]]
+                   ) -> tuple[list[tuple[int, ...]], list[str]]:
+    """The shape of every input of generated inputs (``given`` by position, else from the file)
+    and the notes on dynamic batches set to 1; an input with other dynamic dimensions is refused."""
+    shapes, notes = [], []
     for k, spec in enumerate(declared):
         shape, note = (given[k], None) if k in given else _shape_to_make(spec)
         shapes.append(shape)
         notes += [note] if note else []
-    runner.set_shapes(shapes)
-    return [x[None] for x in _random_inputs(runner, int(request.get("seed", 0)))], notes
+    return shapes, notes
+
+
+def input_plan(path: str, input_shapes: Sequence[tuple[str | None, Sequence[int]]]) -> list[dict[str, Any]]:
+    """name, shape and dtype of each input of generated inputs for the file at ``path`` given
+    ``input_shapes`` ((input name or None, shape) pairs), read with this machine's runtime: for a
+    tool that runs the file without the agent (``benchmark_model``). Raises ``AgentError`` as the
+    agent would."""
+    declared = Runner(path, None, raw=True).declared_inputs
+    request = {"input_shapes": [{"name": name, "shape": list(shape)} for name, shape in input_shapes]}
+    shapes, _ = shapes_to_make(declared, _given_shapes(request, declared))
+    return [{"name": d["name"], "shape": list(s), "dtype": d["dtype"]} for d, s in zip(declared, shapes)]
 
 
 def _cv(lat: list[int]) -> float:

@@ -221,10 +221,12 @@ class SSHDevice(AgentDevice):
         request = dict(request, model=f"{cache}/{model.cache_path}")
         uploads, checks = [], []
         for i, (local, sha, rel) in enumerate(missing):
-            # each file travels as upload_<i> (a symlink scp follows): its own name may hold any character
-            (tmp / f"upload_{i}").symlink_to(local)
-            uploads.append(str(tmp / f"upload_{i}"))
-            checks += [f"upload_{i}", rel, sha]
+            # each file travels under a plain name (a symlink scp follows): its own may hold any character
+            name = {model.cache_path: f"model{model.extension}", f"agents/{agent_sha}.py": AGENT_PATH.name}.get(
+                rel, f"data_{i}")
+            (tmp / name).symlink_to(local)
+            uploads.append(str(tmp / name))
+            checks += [name, rel, sha]
         uploads += map(str, write_inputs(tmp, request, inputs))
         (tmp / "request.json").write_text(json.dumps(request))
         uploads.append(str(tmp / "request.json"))

@@ -295,3 +295,17 @@ def test_a_map_output_is_compared_in_pytorch_layout(tmp_path, home):
         run = measure(f.artifact.path, device="local", protocol=FAST, compare=True, samples=8)
         (rep,) = run.parity.values()
         assert rep.n == 8 and rep.sqnr_db == pytest.approx(f.parity.sqnr_db, abs=6)
+
+
+@pytest.mark.slow
+def test_inputs_npz_feeds_an_artifact_like_its_images(artifacts, home, tmp_path):
+    path = artifacts[("tflite", "int8")]
+    model = open_model(path)
+    images, _ = real_inputs(model, data="fashion-mnist", samples=1)  # (1, *input shape), float32
+    np.savez(tmp_path / "image.npz", **{model.manifest.inputs[0].name: images[0]})
+    fed = measure(path, protocol=FAST, inputs=tmp_path / "image.npz", store=False)
+    seen = measure(path, protocol=FAST, samples=1, store=False)
+    np.testing.assert_array_equal(fed.result.outputs["output_0"], seen.result.outputs["output_0"])
+    assert "image.npz" in fed.inputs_source and fed.parity is None and "--inputs" in fed.parity_note
+    with pytest.raises(ValueError, match="--compare go"):
+        measure(path, protocol=FAST, inputs=tmp_path / "image.npz", compare=True)

@@ -5,6 +5,7 @@ import argparse
 import functools
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -246,12 +247,11 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
     done = _each_file(args, "runs", show, lambda artifact: measure(
         artifact, device=args.device, protocol=protocol, compare=args.compare, data=args.data,
         per_layer=args.per_layer, samples=args.samples, weights=args.weights, store=not args.no_store,
-        **_device_options(args)))
-    if done is None:
-        return 3
-    if not args.json and len(done) > 1:
-        out.print(_run_table(list(zip(args.artifacts, done))))
-    return 0
+        input_shapes=args.input_shape, inputs=args.inputs, **_device_options(args)))
+    ran = [(path, m) for path, m in zip(args.artifacts, done) if not isinstance(m, FileError)]
+    if not args.json and len(args.artifacts) > 1 and ran:
+        out.print(_run_table(ran))
+    return max((m.code for m in done if isinstance(m, FileError)), default=0)
 
 
 def _device_options(args: argparse.Namespace) -> dict:
@@ -259,23 +259,38 @@ def _device_options(args: argparse.Namespace) -> dict:
             "cache_dir": args.device_cache, "adb": args.adb, "benchmark_binary": args.benchmark_binary}
 
 
-def _each_file(args: argparse.Namespace, key: str, show, work) -> list | None:
+@dataclass(frozen=True)
+class FileError:
+    """Why a file of ``run`` failed and the exit code it calls for (2: the file or an option was
+    refused; 3: the device failed)."""
+
+    error: str
+    code: int
+
+    def to_dict(self) -> dict:
+        return {"error": self.error}
+
+
+def _each_file(args: argparse.Namespace, key: str, show, work) -> list:
     """``work(artifact)`` for every file of ``run``, each shown as it finishes (or all printed as
-    one JSON document); None after a device error, which is printed."""
+    one JSON document: the result, or for several files a list of results and errors). A file
+    that fails is printed as a ``FileError`` and the next one runs."""
     from .devices.base import DeviceError
 
     done = []
     for artifact in args.artifacts:
         try:
             item = work(artifact)
-        except DeviceError as e:
-            Console(stderr=True).print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-            return None
+        except (DeviceError, ValueError) as e:
+            item = FileError(str(e), 3 if isinstance(e, DeviceError) else 2)
+            where = f"{artifact}: " if len(args.artifacts) > 1 else ""
+            Console(stderr=True).print(f"error: {where}{e}", style="red", markup=False, highlight=False,
+                                       soft_wrap=True)
         done.append(item)
-        if not args.json:
+        if not args.json and not isinstance(item, FileError):
             show(item)
-    if args.json:
-        docs = [item.to_dict() for item in done]
+    if args.json and (len(done) > 1 or not isinstance(done[0], FileError)):
+        docs = [{"file": str(path), **item.to_dict()} for path, item in zip(args.artifacts, done)]
         print(json.dumps(docs[0] if len(docs) == 1 else {key: docs}, indent=2))
     return done
 
@@ -289,8 +304,9 @@ def _run_against(args: argparse.Namespace, protocol, out: Console) -> int:
                          "parity with PyTorch")
     done = _each_file(args, "comparisons", lambda c: _print_against(c, out), lambda artifact: compare_devices(
         artifact, args.device, against=args.against, protocol=protocol, data=args.data, samples=args.samples,
-        per_layer=args.per_layer, store=not args.no_store, **_device_options(args)))
-    return 3 if done is None else 0
+        per_layer=args.per_layer, store=not args.no_store, input_shapes=args.input_shape, inputs=args.inputs,
+        **_device_options(args)))
+    return max((c.code for c in done if isinstance(c, FileError)), default=0)
 
 
 def _print_against(c, out: Console) -> None:
@@ -346,6 +362,7 @@ def _print_run(m, out: Console) -> None:
         f"{fp.get('pinned_cores')}, {fp.get('cpu_model')} ({fp.get('arch')}{_isa(fp)}, {fp.get('cores')} cores), "
         f"load {r.conditions.get('load_average_before')}")
     say(f"  inputs: {m.inputs_source}")
+    _print_tensors(r, say)
     if m.parity:
         for name, rep in m.parity.items():
             say(f"  parity {name}: {rep.format()}")
@@ -355,6 +372,13 @@ def _print_run(m, out: Console) -> None:
         say(f"  note: {note}")
     if m.stored_id is not None:
         say(f"  stored as result {m.stored_id}")
+
+
+def _print_tensors(r, say) -> None:
+    """One line per input (as fed) and per output (of one sample): name, shape, dtype."""
+    for kind, tensors in (("input", r.input_tensors), ("output", r.output_tensors)):
+        for t in tensors:
+            say(f"  {kind} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}")
 
 
 def _print_per_layer(pl, out: Console, top: int) -> None:
@@ -403,23 +427,25 @@ def cmd_results(args: argparse.Namespace, out: Console) -> int:
     from .devices.store import ResultStore
 
     store = ResultStore()
-    rows = store.query(model=args.model, device=args.device, format=args.format, precision=args.precision)
+    rows = store.query(model=args.model, device=args.device, format=args.format, precision=args.precision,
+                       input_shape=args.input_shape)
     if args.json:
         for r in rows:
             r.pop("latencies_ns")
         print(json.dumps({"database": str(store.path), "results": rows}, indent=2))
         return 0
     table = Table(title=f"{len(rows)} result(s) in {store.path}")
-    for col in ("id", "model", "device", "format", "precision", "median ms", "p90 ms", "CV %", "runtime", "threads",
-                "emulated"):
+    for col in ("id", "model", "device", "format", "precision", "input", "median ms", "p90 ms", "CV %", "runtime",
+                "threads", "emulated"):
         table.add_column(col, justify="right" if col in ("id", "median ms", "p90 ms", "CV %", "threads") else "left")
     for r in rows:
         fp = r["fingerprint"]
         med = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
         p90 = "-" if r["p90_ms"] is None else f"{r['p90_ms']:.3f}"
         emu = fp.get("emulated")
-        table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], med, p90,
-                      f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}", str(fp.get("threads")),
+        table.add_row(str(r["id"]), r["model"], r["device"], r["format"], r["precision"], r["input_shape"] or "-",
+                      med, p90, f"{100 * r['cv']:.1f}", f"{fp.get('runtime')} {fp.get('runtime_version')}",
+                      str(fp.get("threads")),
                       f"yes ({emu.get('cpu') or 'unknown CPU'}): not a latency" if emu else "no")
     out.print(table)
     if any(r["fingerprint"].get("emulated") for r in rows):
@@ -494,6 +520,19 @@ def _resolution(text: str) -> int | tuple[int, int]:
     if len(values) == 2:
         return (values[0], values[1])
     raise argparse.ArgumentTypeError(f"resolution {text!r} must be N or HxW, e.g. 224 or 512x1024")
+
+
+def _input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """``--input-shape [NAME=]1x3x224x224`` -> (NAME or None, (1, 3, 224, 224))."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(v) for v in dims.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like NAME=1x3x224x224 or 1x3x224x224"
+                                         ) from None
+    if any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"input shape {text!r}: every dimension must be a positive number")
+    return name or None, shape
 
 
 def _console() -> Console:
@@ -603,9 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true", help="with --compare: every intermediate tensor against "
                    "its PyTorch module (SQNR per layer, the first layer where it drops)")
     p.add_argument("--top", type=int, default=10, help="--per-layer: how many of the worst layers to print")
-    p.add_argument("--data", default="fashion-mnist", help="images to feed (test split)")
-    p.add_argument("--samples", type=int, default=16, help="input batches to run and compare")
+    p.add_argument("--data", help="images to feed a file with a manifest (test split; default fashion-mnist)")
+    p.add_argument("--samples", type=int, help="input batches to run and compare (default 16)")
     p.add_argument("--weights", help="PyTorch weights for --compare (default: the manifest's)")
+    p.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="[NAME=]SHAPE",
+                   help="full shape of an input with dynamic dimensions, e.g. x=1x3x224x224 (repeatable; the "
+                        "name may be left out when the file has one input)")
+    p.add_argument("--inputs", metavar="FILE.npz", help="feed these arrays (input name -> tensor, numpy.savez) "
+                   "instead of images or seeded random inputs; token ids and other index inputs need it")
     p.add_argument("--device-python", help="Python on the device (default python3; local: this one)")
     p.add_argument("--device-profile", help="JSON/TOML device profile: python, ssh_options, cache_dir, ...")
     p.add_argument("--device-cache", help="model cache directory on an ssh device (default .cache/edgekit)")
@@ -621,11 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="pi4, pi5")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_board)
-    p = sub.add_parser("results", help="list stored measurements")
-    p.add_argument("--model")
-    p.add_argument("--device")
-    p.add_argument("--format")
-    p.add_argument("--precision")
+    p = sub.add_parser("results", help="list stored measurements (filters are shell-style globs)")
+    p.add_argument("--model", help="e.g. 'ghostnet*'")
+    p.add_argument("--device", help="e.g. 'ssh://*'")
+    p.add_argument("--format", help="onnx or tflite")
+    p.add_argument("--precision", help="e.g. 'int8*'")
+    p.add_argument("--input-shape", help="e.g. '*x224x224' (several inputs: 'ids=1x16,mask=1x16')")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_results)
     from .lut.commands import add_lut_commands

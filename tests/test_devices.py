@@ -174,7 +174,7 @@ def test_agent_bad_inputs_and_checksum(artifacts, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 1, 28, 28), np.float32))  # 28x28 into a 32x32 model
     p = _agent(tmp_path, {"model": str(path), "outputs": "o.npz", "inputs": ["x.npy"], "manifest": None})
     doc = json.loads(p.communicate(timeout=120)[0].splitlines()[-1])
-    assert doc["kind"] == "bad-input" and "(1, 1, 32, 32)" in doc["message"]
+    assert doc["kind"] == "bad-input" and "1x1x28x28, but its axis 2 is 32 in the file (1x1x32x32)" in doc["message"]
     p = _agent(tmp_path, {"model": str(path), "outputs": "o.npz", "model_sha256": "0" * 64})
     doc = json.loads(p.communicate(timeout=120)[0].splitlines()[-1])
     assert p.returncode == 3 and doc["kind"] == "checksum-mismatch"
@@ -295,3 +295,17 @@ def test_a_map_output_is_compared_in_pytorch_layout(tmp_path, home):
         run = measure(f.artifact.path, device="local", protocol=FAST, compare=True, samples=8)
         (rep,) = run.parity.values()
         assert rep.n == 8 and rep.sqnr_db == pytest.approx(f.parity.sqnr_db, abs=6)
+
+
+@pytest.mark.slow
+def test_inputs_npz_feeds_an_artifact_like_its_images(artifacts, home, tmp_path):
+    path = artifacts[("tflite", "int8")]
+    model = open_model(path)
+    images, _ = real_inputs(model, data="fashion-mnist", samples=1)  # (1, *input shape), float32
+    np.savez(tmp_path / "image.npz", **{model.manifest.inputs[0].name: images[0]})
+    fed = measure(path, protocol=FAST, inputs=tmp_path / "image.npz", store=False)
+    seen = measure(path, protocol=FAST, samples=1, store=False)
+    np.testing.assert_array_equal(fed.result.outputs["output_0"], seen.result.outputs["output_0"])
+    assert "image.npz" in fed.inputs_source and fed.parity is None and "--inputs" in fed.parity_note
+    with pytest.raises(ValueError, match="--compare go"):
+        measure(path, protocol=FAST, inputs=tmp_path / "image.npz", compare=True)

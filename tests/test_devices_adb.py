@@ -16,6 +16,7 @@ from edgekit.devices.measure import measure
 from edgekit.devices.stats import Protocol
 from edgekit.devices.store import ResultStore
 from test_devices import cli
+from test_foreign_files import check_external_data_runs_on, dynamic_relu_tflite
 
 SERIAL = "emulator-5554"
 FAST = Protocol(runs=50, warmup=5, max_runs=100)
@@ -63,6 +64,8 @@ import sys, time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+with open("benchmark_calls.log", "a") as log:  # in the phone's root: what the tool was asked to do
+    log.write(" ".join(sys.argv[1:]) + "\\n")
 graph, threads = flags["graph"], int(flags.get("num_threads", 1))
 warmup, runs = int(flags.get("warmup_runs", 1)), int(flags.get("num_runs", 50))
 print("STARTING!")
@@ -76,6 +79,12 @@ it.allocate_tensors()
 init_us = (time.perf_counter() - t0) * 1e6
 print("Loaded model " + graph)
 print("Initialized session in %.3fms." % (init_us / 1e3))
+if "input_layer" in flags:  # the real tool's --input_layer=a,b --input_layer_shape=1,3:1,5
+    names = flags["input_layer"].split(",")
+    for name, shape in zip(names, flags["input_layer_shape"].split(":")):
+        (d,) = [d for d in it.get_input_details() if d["name"] == name]
+        it.resize_tensor_input(d["index"], [int(v) for v in shape.split(",")])
+    it.allocate_tensors()
 rng = np.random.default_rng(0)
 for d in it.get_input_details():
     it.set_tensor(d["index"], rng.integers(-100, 100, d["shape"]).astype(d["dtype"]))
@@ -172,3 +181,31 @@ def test_adb_faults_are_clear_and_store_nothing(artifacts, phone, tmp_path):
     with pytest.raises(DeviceError, match="no --device-python"):
         measure(path, device=f"adb://{SERIAL}", protocol=FAST, **{**phone, "benchmark_binary": None})
     assert ResultStore().count() == 0
+
+
+def test_onnx_with_external_data_and_dynamic_dims_over_adb(phone, tmp_path):
+    options = {**phone, "benchmark_binary": None, "python": sys.executable}
+    check_external_data_runs_on(f"adb://{SERIAL}", tmp_path, options)
+    cached = sorted(p.name for p in Path(phone["device_dir"], "models").rglob("*") if p.is_file())
+    assert cached == ["model.onnx", "model.onnx", "net.onnx.data", "net.onnx.data"], cached
+
+
+def test_dynamic_tflite_over_adb_benchmark_model_gets_the_shapes(phone, tmp_path):
+    path = dynamic_relu_tflite(tmp_path / "relu.tflite")
+    with pytest.raises(DeviceError, match="--input-shape x=1x3x<dim2>x<dim3>"):
+        measure(path, device=f"adb://{SERIAL}", protocol=FAST, python=sys.executable, **phone)
+    m = measure(path, device=f"adb://{SERIAL}", protocol=FAST, python=sys.executable, input_shapes=[(None, (1, 3, 5, 7))],
+                **phone)
+    r = m.result
+    assert r.fingerprint["runtime"] == "tflite benchmark_model" and r.stats.n == 50
+    assert r.input_shape == "1x3x5x7" and r.to_dict()["output_shapes"] == {"y": [1, 3, 5, 7]}
+    assert ResultStore().query(input_shape="1x3x5x7")[0]["device"] == f"adb://{SERIAL}"
+    call = (tmp_path / "phone" / "benchmark_calls.log").read_text().splitlines()[-1]
+    assert "--input_layer=x --input_layer_shape=1,3,5,7" in call, call
+    no_python = {**phone, "python": None}  # the file's inputs are read on this machine instead
+    with pytest.raises(ValueError, match="--input-shape x=1x3x<dim2>x<dim3>"):
+        measure(path, device=f"adb://{SERIAL}", protocol=FAST, **no_python)
+    m = measure(path, device=f"adb://{SERIAL}", protocol=FAST, input_shapes=[(None, (1, 3, 6, 2))], **no_python)
+    assert m.result.input_shape == "1x3x6x2" and m.result.outputs == {}
+    call = (tmp_path / "phone" / "benchmark_calls.log").read_text().splitlines()[-1]
+    assert "--input_layer=x --input_layer_shape=1,3,6,2" in call, call

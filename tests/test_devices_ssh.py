@@ -20,6 +20,7 @@ from edgekit.devices.sshd import LocalSSHD, descendants, free_port
 from edgekit.devices.stats import Protocol
 from edgekit.devices.store import ResultStore
 from test_devices import cli
+from test_foreign_files import check_external_data_runs_on
 
 FAST = Protocol(runs=50, warmup=5, max_runs=100)
 pytestmark = pytest.mark.slow
@@ -217,3 +218,11 @@ def test_device_disk_full_is_a_clear_error_and_leaves_nothing(srv, artifacts, ho
     assert ResultStore().count() == 0
     m = measure(path, device=srv.address, protocol=FAST, **opts(srv, tmp_path))  # elsewhere it runs
     assert m.result.stats.n >= 50 and ResultStore().count() == 1
+
+
+def test_onnx_with_external_data_and_dynamic_dims_over_ssh(srv, home, tmp_path):
+    second = check_external_data_runs_on(srv.address, tmp_path, opts(srv, tmp_path))
+    entries = sorted(p.relative_to(tmp_path / "device cache") for p in (tmp_path / "device cache" / "models").rglob("*")
+                     if p.is_file())
+    assert len(entries) == 4 and {p.name for p in entries} == {"model.onnx", "net.onnx.data"}, entries
+    assert second.result.input_tensors == ({"name": "x", "shape": [5, 8], "dtype": "float32"},)

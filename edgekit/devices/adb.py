@@ -15,13 +15,12 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Any, Mapping, Sequence
 
 from ..exporters.artifact import sha256_file
-from .agent import emulation, int8_features, parse_cpuinfo
-from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, RunResult, load_npz, parse_agent_output
+from .agent import AgentError, emulation, input_plan, int8_features, parse_cpuinfo
+from .base import (AGENT_PATH, AgentDevice, DeviceError, Inputs, InputShapes, ModelFile, RunResult, load_npz,
+                   parse_agent_output, write_inputs)
 from .stats import Protocol, from_aggregate
 
 __all__ = ["AdbDevice", "parse_benchmark_output"]
@@ -116,44 +115,56 @@ class AdbDevice(AgentDevice):
         self.shell("mv", remote + ".partial", remote, step=step)
         return True
 
-    def run(self, model: ModelFile, inputs, *, protocol: Protocol = Protocol()) -> RunResult:
+    def run(self, model: ModelFile, inputs: Inputs, *, protocol: Protocol = Protocol(),
+            input_shapes: InputShapes = ()) -> RunResult:
         self._connect()
-        model_remote = f"{self.dir}/models/{model.sha256}{model.extension}"
-        uploaded = self._install(model.path, model.sha256, model_remote, step="upload")
+        uploaded = False
+        for local, sha, rel in model.cache_files():  # the model last: present means complete
+            self.shell("mkdir", "-p", f"{self.dir}/{rel.rpartition('/')[0]}", step="upload")
+            uploaded = self._install(local, sha, f"{self.dir}/{rel}", step="upload")
+        model_remote = f"{self.dir}/{model.cache_path}"
         if self.benchmark_binary is None or model.format != "tflite":
             if self.python is None:
                 why = "benchmark_model runs .tflite files only" if self.benchmark_binary else "no --benchmark-binary given"
                 raise DeviceError(self.address, "run", f"cannot time {model.path.name}: {why}, and no --device-python "
                                                        f"for the agent")
-            result, files = self._agent(model, model_remote, self.request(model, protocol, with_inputs=inputs is not None),
+            result, files = self._agent(model, model_remote, self.request(model, protocol, input_shapes=input_shapes),
                                         inputs)
             result["transfer"] = {"model_uploaded": uploaded}
             return self._result(model, protocol, result, files)
-        bench = self._benchmark(model_remote, protocol)
         notes = ["latency from benchmark_model: aggregates only (no per-run times, so no median or p90)"]
         if protocol.blocks > 1:
             notes.append(f"benchmark_model times its runs back to back: the protocol's {protocol.blocks} blocks "
                          f"and {protocol.gap_ms:g} ms gaps were not applied")
         files: dict[str, Any] = {"outputs": {}}
         names: tuple[str, ...] = ()
-        if self.python is not None:
+        if self.python is not None:  # first: its one run checks the inputs and names their shapes for benchmark_model
             req = self.request(model, Protocol(threads=protocol.threads, warmup=0, runs=1, max_runs=1, pin=False),
-                               with_inputs=inputs is not None)
+                               input_shapes=input_shapes)
             agent, files = self._agent(model, model_remote, req, inputs)
-            names = tuple(agent["output_names"])
+            names, tensors = tuple(agent["output_names"]), agent["input_tensors"]
+            notes += agent.get("notes", [])
         else:
             notes.append("outputs not measured: no Python on the device (pass --device-python), so no parity")
-        return self._bench_result(model, protocol, bench, files, names, notes, uploaded)
+            try:  # the agent's checks of the file's inputs, run here with this machine's runtime
+                tensors = input_plan(str(model.path), input_shapes)
+            except AgentError as e:
+                raise ValueError(f"{model.path.name}: {e}") from None
+        bench = self._benchmark(model_remote, protocol, tensors)
+        return self._bench_result(model, protocol, bench, files, names, notes, uploaded, tensors)
 
-    def _benchmark(self, model_remote: str, protocol: Protocol) -> dict[str, Any]:
+    def _benchmark(self, model_remote: str, protocol: Protocol, tensors: Sequence[Mapping[str, Any]]
+                   ) -> dict[str, Any]:
         binary = Path(self.benchmark_binary)
         sha = sha256_file(binary)
         remote = f"{self.dir}/bin/benchmark_model-{sha[:16]}"
         if self._install(binary, sha, remote, step="upload"):
             self.shell("chmod", "755", remote, step="upload")
+        shapes = [f"--input_layer={','.join(t['name'] for t in tensors)}",
+                  f"--input_layer_shape={':'.join(','.join(map(str, t['shape'])) for t in tensors)}"] if tensors else []
         proc = self.shell(remote, f"--graph={model_remote}", f"--num_threads={protocol.threads}",
                           f"--warmup_runs={protocol.warmup}", "--warmup_min_secs=0", f"--num_runs={protocol.runs}",
-                          "--min_secs=0", step="benchmark")
+                          "--min_secs=0", *shapes, step="benchmark")
         try:
             parsed = parse_benchmark_output(proc.stdout)
         except ValueError as e:
@@ -177,7 +188,7 @@ class AdbDevice(AgentDevice):
                 "load_average": [float(v) for v in parts[4].split()[:3]] if parts[4] else None}
 
     def _bench_result(self, model: ModelFile, protocol: Protocol, bench: Mapping[str, Any], files, names, notes,
-                      uploaded: bool) -> RunResult:
+                      uploaded: bool, tensors: Sequence[Mapping[str, Any]]) -> RunResult:
         run = bench["run"]
         try:
             stats = from_aggregate(n=run["count"], min_ms=run["min"] / 1e3, max_ms=run["max"] / 1e3,
@@ -198,7 +209,8 @@ class AdbDevice(AgentDevice):
         return RunResult(device=self.address, model=model.name, format=model.format, precision=model.precision,
                          artifact_sha256=model.sha256, outputs=dict(files["outputs"]), output_names=names,
                          latencies_ns=(), stats=stats, fingerprint=fingerprint, settings=protocol.to_dict(),
-                         conditions=conditions, inputs=files.get("inputs"), notes=tuple(notes))
+                         conditions=conditions, inputs=files.get("inputs"), notes=tuple(notes),
+                         input_tensors=tuple(tensors))
 
     def _agent(self, model: ModelFile, model_remote: str, request: dict[str, Any], inputs):
         agent_sha = sha256_file(AGENT_PATH)
@@ -209,12 +221,8 @@ class AdbDevice(AgentDevice):
         request = dict(request, model=model_remote)
         with tempfile.TemporaryDirectory(prefix="edgekit-adb-") as tmp:
             tmp = Path(tmp)
-            if inputs is not None:
-                request["inputs"] = []
-                for i, x in enumerate(inputs):
-                    np.save(tmp / f"input_{i}.npy", x)
-                    self._push(tmp / f"input_{i}.npy", f"{work}/input_{i}.npy", step="upload")
-                    request["inputs"].append(f"input_{i}.npy")
+            for local in write_inputs(tmp, request, inputs):
+                self._push(local, f"{work}/{local.name}", step="upload")
             (tmp / "request.json").write_text(json.dumps(request))
             self._push(tmp / "request.json", f"{work}/request.json", step="upload")
             proc = self._adb("shell", f"cd {shlex.quote(work)} && {shlex.quote(self.python)} "

@@ -8,11 +8,16 @@ one code path. The transports copy this one file to the device and run it as a s
 
     python agent.py REQUEST.json
 
-The request (JSON) names the model file, its sha256, the manifest (or null for a third-party file),
-the inputs ``.npy`` files (or null: seeded random inputs matched to each input's dtype and shape),
-threads, warm-up, runs, the CV target and run cap, and the cores to pin to. The agent writes the
-outputs ``.npz`` and a result JSON (also printed as the last line on stdout): runtime name and
-version, delegate, threads, CPU model, cores, arch, OS, load average, per-run latencies in ns.
+The request (JSON) names the model file, its sha256 (and ``data_sha256``: location -> sha256 of an
+ONNX file's external data files beside it), the manifest (or null for a third-party file), the
+inputs: ``inputs``, one ``.npy`` of stacked samples per input, or ``input_arrays``, an ``.npz`` of
+name -> one input tensor, or neither: seeded random inputs in each input's dtype and shape;
+``input_shapes`` (``[{"name": NAME or null, "shape": [...]}]``) sets the file's dynamic dimensions
+(without it an input with a dynamic dimension other than a lone batch is refused); threads,
+warm-up, runs, the CV target and run cap, and the cores to pin to. The agent writes the outputs
+``.npz`` and a result JSON (also printed as the last line on stdout): runtime name and version,
+delegate, threads, CPU model, cores, arch, OS, load average, per-run latencies in ns, the inputs'
+names, shapes and dtypes as fed (``input_tensors``) and notes on the shapes it chose.
 
 With ``"intermediates": true`` in the request the agent also returns every op's output (see
 ``Intermediates``), stacked over the samples in the same ``.npz`` as ``layer_<k>`` (k in graph
@@ -101,6 +106,7 @@ class Runner:
         self.manifest = manifest
         self.threads = threads
         self.raw = raw
+        self._shapes: list[tuple[int, ...]] | None = None
         if self.path.endswith(".tflite"):
             self.format = "tflite"
             cls, self.runtime, self.runtime_version = tflite_runtime_info()
@@ -121,14 +127,40 @@ class Runner:
             raise ValueError(f"{self.path}: unknown model format; expected a .tflite or .onnx file")
 
     @property
-    def input_specs(self) -> list[dict[str, Any]]:
-        """name, shape, dtype (and quantization) of each input as the file declares it; a dynamic
-        ONNX dimension (a name or None) is reported as 1."""
+    def declared_inputs(self) -> list[dict[str, Any]]:
+        """name, dims, dtype (and quantization) of each input as the file declares it: a dynamic
+        dimension is its ONNX name (``"batch"``), or None where the file names none (TFLite's -1)."""
         if self.format == "tflite":
-            return [{"name": d["name"], "shape": tuple(int(v) for v in d["shape"]), "dtype": np.dtype(d["dtype"]).name,
-                     "quantization": tuple(d["quantization"])} for d in self._in]
-        return [{"name": i.name, "shape": tuple(v if isinstance(v, int) and v > 0 else 1 for v in i.shape),
+            return [{"name": d["name"], "dims": tuple(None if int(v) < 0 else int(v)
+                                                      for v in d.get("shape_signature", d["shape"])),
+                     "dtype": np.dtype(d["dtype"]).name, "quantization": tuple(d["quantization"])} for d in self._in]
+        return [{"name": i.name, "dims": tuple(v if isinstance(v, int) and v > 0 else (v if isinstance(v, str) and v
+                                                                               else None) for v in i.shape),
                  "dtype": _ort_dtype(i.type), "quantization": (0.0, 0)} for i in self._sess.get_inputs()]
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        """name, shape, dtype (and quantization) of each input as it is fed: the file's dims with
+        the dynamic ones as ``set_shapes`` set them (None until then)."""
+        specs = []
+        for k, spec in enumerate(self.declared_inputs):
+            shape = self._shapes[k] if self._shapes is not None else tuple(
+                v if isinstance(v, int) else None for v in spec["dims"])
+            specs.append({"name": spec["name"], "shape": tuple(shape), "dtype": spec["dtype"],
+                          "quantization": spec["quantization"]})
+        return specs
+
+    def set_shapes(self, shapes: Sequence[Sequence[int]]) -> None:
+        """Give every input its full shape (the file's dynamic dimensions set); a TFLite
+        interpreter is resized and its tensors allocated again."""
+        self._shapes = [tuple(int(v) for v in s) for s in shapes]
+        if self.format == "tflite":
+            for d, shape in zip(self._in, self._shapes):
+                if tuple(int(v) for v in d["shape"]) != shape:
+                    self._it.resize_tensor_input(d["index"], list(shape))
+            self._it.allocate_tensors()
+            self._in = self._it.get_input_details()
+            self._out = self._it.get_output_details()
 
     @property
     def output_names(self) -> list[str]:
@@ -310,6 +342,8 @@ class Intermediates:
             self._it = cls(model_path=r.path, num_threads=r.threads, experimental_preserve_all_tensors=True)
             self.kernels = ("LiteRT's own kernels, not XNNPACK: this runtime cannot rewrite the file "
                             "(no flatbuffer schema), so the tensors are kept with preserve_all_tensors")
+        for d in r._in:  # the shapes the runner was given (a file's dynamic dimensions set)
+            self._it.resize_tensor_input(d["index"], list(d["shape"]))
         self._it.allocate_tensors()
         details = {d["index"]: d for d in self._it.get_tensor_details()}
         self._tensors: list[dict[str, Any]] = []
@@ -395,13 +429,15 @@ class Intermediates:
         return out
 
 
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+               "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
+               "tensor(uint64)": "uint64", "tensor(bool)": "bool", "tensor(string)": "str"}
+
+
 def _ort_dtype(type_str: str) -> str:
-    return {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-            "tensor(int64)": "int64", "tensor(int32)": "int32"}.get(type_str, type_str)
-
-
-def _np_dtype(type_str: str) -> np.dtype:
-    return np.dtype(_ort_dtype(type_str))
+    """numpy's name for an onnxruntime tensor type (``tensor(float16)`` -> ``float16``)."""
+    return _ORT_DTYPES.get(type_str, type_str)
 
 
 # ---- the agent as a script -------------------------------------------------------------------
@@ -638,38 +674,183 @@ def _random_inputs(runner: Runner, seed: int) -> list[np.ndarray]:
             info = np.iinfo(dtype)
             lo, hi = max(int(info.min), -128), min(int(info.max), 255)
             out.append(rng.integers(lo, hi + 1, size=spec["shape"]).astype(dtype))
-        elif dtype.kind == "b":
+        else:  # bool: _load_inputs refused every other kind
             out.append(rng.integers(0, 2, size=spec["shape"]).astype(dtype))
-        else:
-            raise AgentError("bad-input", f"input {spec['name']!r} has dtype {dtype}; random inputs are made only "
-                                          f"for float, integer and bool inputs")
     return out
 
 
-def _load_inputs(request: Mapping[str, Any], runner: Runner) -> list[np.ndarray]:
-    """Inputs as (samples, *input shape) arrays, one per model input."""
-    paths = request.get("inputs")
-    if paths is None:
-        return [x[None] for x in _random_inputs(runner, int(request.get("seed", 0)))]
-    specs = runner.input_specs
-    if len(paths) != len(specs):
-        raise AgentError("bad-input", f"the model takes {len(specs)} input(s) {[s['name'] for s in specs]}, "
+def _dims_text(dims: Sequence[Any]) -> str:
+    """``batch x 3 x height x width`` as ``batchx3xheightxwidth`` (``?`` for an unnamed dynamic one)."""
+    return "x".join(str(v) if v is not None else "?" for v in dims)
+
+
+def _flag_example(spec: Mapping[str, Any]) -> str:
+    dims = "x".join(str(v) if isinstance(v, int) else f"<{v or f'dim{k}'}>" for k, v in enumerate(spec["dims"]))
+    return f"--input-shape {spec['name']}={dims}"
+
+
+def _is_batch(label: Any) -> bool:
+    """A dynamic first dimension that names a batch, or names nothing (TFLite's -1)."""
+    return label is None or "batch" in str(label).lower() or str(label).lower() in ("n", "b", "bs")
+
+
+def _check_shape(spec: Mapping[str, Any], shape: Sequence[int], source: str) -> tuple[int, ...]:
+    """``shape`` for ``spec`` from ``source`` (``--input-shape``, ``--inputs``, ...), checked against
+    the file's rank and static dimensions."""
+    shape, dims = tuple(int(v) for v in shape), spec["dims"]
+    if any(v < 1 for v in shape):
+        raise AgentError("bad-input", f"{source} gives input {spec['name']!r} shape {_dims_text(shape)}: every "
+                                      f"dimension must be positive")
+    if len(shape) != len(dims):
+        raise AgentError("bad-input", f"{source} gives input {spec['name']!r} rank {len(shape)} "
+                                      f"({_dims_text(shape)}); the file's is rank {len(dims)} ({_dims_text(dims)})")
+    for k, (v, want) in enumerate(zip(shape, dims)):
+        if isinstance(want, int) and v != want:
+            raise AgentError("bad-input", f"{source} gives input {spec['name']!r} shape {_dims_text(shape)}, but "
+                                          f"its axis {k} is {want} in the file ({_dims_text(dims)})")
+    return shape
+
+
+def _given_shapes(request: Mapping[str, Any], declared: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, ...]]:
+    """The request's ``input_shapes`` (``{"name": NAME or null, "shape": [...]}``, null naming the
+    only input) by input position, checked against the file."""
+    names = [d["name"] for d in declared]
+    given: dict[int, tuple[int, ...]] = {}
+    for item in request.get("input_shapes") or ():
+        name = item.get("name")
+        if name is None and len(names) != 1:
+            raise AgentError("bad-input", f"the file has {len(names)} inputs ({', '.join(names)}); name the one "
+                                          f"each --input-shape is for, e.g. --input-shape {names[0]}=...")
+        if name is not None and name not in names:
+            raise AgentError("bad-input", f"--input-shape: the file has no input {name!r}; its inputs are "
+                                          f"{', '.join(names)}")
+        k = 0 if name is None else names.index(name)
+        if k in given:
+            raise AgentError("bad-input", f"--input-shape gives input {names[k]!r} twice")
+        given[k] = _check_shape(declared[k], item["shape"], "--input-shape")
+    return given
+
+
+def _shape_to_make(spec: Mapping[str, Any]) -> tuple[tuple[int, ...], str | None]:
+    """The shape of generated inputs for an input no shape was given for, and a note when its
+    dynamic batch dimension was set to 1. Any other dynamic dimension is refused: no size is a
+    fair guess for a sequence length or an image side."""
+    dims = spec["dims"]
+    dynamic = [k for k, v in enumerate(dims) if not isinstance(v, int)]
+    if not dynamic:
+        return tuple(dims), None
+    if dynamic == [0] and len(dims) > 1 and _is_batch(dims[0]):
+        label = f" {dims[0]!r}" if dims[0] else ""
+        return (1, *dims[1:]), (f"input {spec['name']!r}: its dynamic batch dimension{label} was set to 1 (give "
+                                f"another batch with --input-shape {spec['name']}=Nx{_dims_text(dims[1:])})")
+    named = ", ".join(f"{dims[k] or '?'} (axis {k})" for k in dynamic)
+    raise AgentError("bad-input", f"input {spec['name']!r} has dynamic dimension(s) {named} in its shape "
+                                  f"{_dims_text(dims)}; give its shape with {_flag_example(spec)}")
+
+
+def _accepted_dtype(runner: Runner, spec: Mapping[str, Any]) -> np.dtype:
+    """The dtype arrays for an input must have: the file's own, or float32 for a file with a
+    manifest (fed like images: quantized by the runner as the file declares)."""
+    return np.dtype(spec["dtype"]) if runner.raw else np.dtype("float32")
+
+
+def _named_inputs(arrays: Mapping[str, np.ndarray], runner: Runner,
+                  declared: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    """The request's ``input_arrays`` (name -> one input tensor) in the file's input order, as
+    one-sample stacks; names, dtypes and shapes checked against the file."""
+    names = [d["name"] for d in declared]
+    missing, extra = [n for n in names if n not in arrays], [n for n in arrays if n not in names]
+    if missing or extra:
+        what = [f"no array for input(s) {', '.join(map(repr, missing))}"] if missing else []
+        what += [f"array(s) {', '.join(map(repr, extra))} name no input"] if extra else []
+        raise AgentError("bad-input", f"--inputs: {'; '.join(what)} (the file's inputs: {', '.join(names)})")
+    out = []
+    for spec in declared:
+        x, want = arrays[spec["name"]], _accepted_dtype(runner, spec)
+        if x.dtype != want:
+            raise AgentError("bad-input", f"--inputs: array {spec['name']!r} is {x.dtype}; the input takes {want}")
+        _check_shape(spec, x.shape, "--inputs")
+        out.append(x[None])
+    return out
+
+
+def _stacked_inputs(paths: Sequence[str], declared: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    """The request's ``inputs``: one ``.npy`` of (samples, *shape) per input, in the file's order."""
+    if len(paths) != len(declared):
+        raise AgentError("bad-input", f"the model takes {len(declared)} input(s) {[s['name'] for s in declared]}, "
                                       f"the request gives {len(paths)}")
     arrays = []
-    for spec, path in zip(specs, paths):
+    for spec, path in zip(declared, paths):
         try:
             x = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise AgentError("bad-input", f"cannot read inputs {path}: {e}") from None
-        if tuple(x.shape[1:]) != tuple(spec["shape"]):
-            raise AgentError("bad-input", f"inputs {path} hold samples of shape {tuple(x.shape[1:])} but input "
-                                          f"{spec['name']!r} takes {tuple(spec['shape'])}")
         if len(x) == 0:
             raise AgentError("bad-input", f"inputs {path} hold no samples")
+        _check_shape(spec, x.shape[1:], f"inputs {path}")
         arrays.append(x)
     if len({len(a) for a in arrays}) != 1:
         raise AgentError("bad-input", "every input needs the same number of samples")
     return arrays
+
+
+def _load_inputs(request: Mapping[str, Any], runner: Runner) -> tuple[list[np.ndarray], list[str]]:
+    """Inputs as (samples, *input shape) arrays, one per model input, and notes on the shapes
+    chosen; the runner is given the shapes. Shapes come from the arrays fed, else from the
+    request's ``input_shapes``, else from the file (a dynamic batch set to 1)."""
+    declared = runner.declared_inputs
+    for spec in declared:
+        if np.dtype(spec["dtype"]).kind not in "fiub":
+            raise AgentError("bad-input", f"input {spec['name']!r} takes {spec['dtype']} tensors (strings): "
+                                          f"edgekit feeds and times numeric tensors only; run the file's string "
+                                          f"handling outside it")
+    given = _given_shapes(request, declared)
+    notes: list[str] = []
+    if request.get("input_arrays") is not None:
+        try:
+            with np.load(request["input_arrays"], allow_pickle=False) as z:
+                named = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise AgentError("bad-input", f"cannot read inputs {request['input_arrays']}: {e}") from None
+        arrays = _named_inputs(named, runner, declared)
+    elif request.get("inputs") is not None:
+        arrays = _stacked_inputs(request["inputs"], declared)
+    else:
+        arrays = None
+    if arrays is not None:
+        for k, shape in given.items():
+            if tuple(arrays[k].shape[1:]) != shape:
+                raise AgentError("bad-input", f"--input-shape gives input {declared[k]['name']!r} shape "
+                                              f"{_dims_text(shape)}, the inputs fed have "
+                                              f"{_dims_text(arrays[k].shape[1:])}")
+        runner.set_shapes([a.shape[1:] for a in arrays])
+        return arrays, notes
+    shapes, notes = shapes_to_make(declared, given)
+    runner.set_shapes(shapes)
+    return [x[None] for x in _random_inputs(runner, int(request.get("seed", 0)))], notes
+
+
+def shapes_to_make(declared: Sequence[Mapping[str, Any]], given: Mapping[int, tuple[int, ...]]
+                   ) -> tuple[list[tuple[int, ...]], list[str]]:
+    """The shape of every input of generated inputs (``given`` by position, else from the file)
+    and the notes on dynamic batches set to 1; an input with other dynamic dimensions is refused."""
+    shapes, notes = [], []
+    for k, spec in enumerate(declared):
+        shape, note = (given[k], None) if k in given else _shape_to_make(spec)
+        shapes.append(shape)
+        notes += [note] if note else []
+    return shapes, notes
+
+
+def input_plan(path: str, input_shapes: Sequence[tuple[str | None, Sequence[int]]]) -> list[dict[str, Any]]:
+    """name, shape and dtype of each input of generated inputs for the file at ``path`` given
+    ``input_shapes`` ((input name or None, shape) pairs), read with this machine's runtime: for a
+    tool that runs the file without the agent (``benchmark_model``). Raises ``AgentError`` as the
+    agent would."""
+    declared = Runner(path, None, raw=True).declared_inputs
+    request = {"input_shapes": [{"name": name, "shape": list(shape)} for name, shape in input_shapes]}
+    shapes, _ = shapes_to_make(declared, _given_shapes(request, declared))
+    return [{"name": d["name"], "shape": list(s), "dtype": d["dtype"]} for d, s in zip(declared, shapes)]
 
 
 def _cv(lat: list[int]) -> float:
@@ -755,6 +936,13 @@ def _open(request: Mapping[str, Any]) -> Runner:
     if want and _sha256(path) != want:
         raise AgentError("checksum-mismatch", f"model file {path} does not have sha256 {want}: it was corrupted "
                                               f"on the way or on the device")
+    for location, sha in (request.get("data_sha256") or {}).items():  # an ONNX file's external data
+        data = os.path.join(os.path.dirname(path), location)
+        if not os.path.isfile(data):
+            raise AgentError("bad-request", f"external data file {data} of {path} is not on this device")
+        if _sha256(data) != sha:
+            raise AgentError("checksum-mismatch", f"external data file {data} does not have sha256 {sha}: it was "
+                                                  f"corrupted on the way or on the device")
     try:
         return Runner(path, request.get("manifest"), threads=int(request.get("threads", 1)),
                       raw=request.get("manifest") is None)
@@ -785,8 +973,8 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter_ns()
     runner = _open(request)
     init_ns = time.perf_counter_ns() - t0
-    inputs = _load_inputs(request, runner)
     try:
+        inputs, notes = _load_inputs(request, runner)
         outputs = _outputs(runner, inputs)
         index = None
         if request.get("intermediates"):
@@ -801,11 +989,13 @@ def run_request(request: Mapping[str, Any]) -> dict[str, Any]:
     except Exception as e:  # an op the runtime cannot execute on this device
         raise AgentError("model-rejected", f"the runtime failed running {request['model']}: {type(e).__name__}: {e}") from None
     np.savez(request["outputs"], **outputs)
-    if request.get("inputs") is None:
+    if request.get("inputs") is None and request.get("input_arrays") is None:
         np.savez(request["outputs"][:-4] + ".inputs.npz", **{f"input_{i}": x for i, x in enumerate(inputs)})
     return {"ok": True, "fingerprint": fingerprint(runner, threads, pinned), "init_ns": init_ns,
             "xnnpack": getattr(runner, "xnnpack", None),
             "warmup": warmup, "samples": len(inputs[0]), "output_names": runner.output_names,
+            "input_tensors": [{"name": i["name"], "shape": list(i["shape"]), "dtype": i["dtype"]}
+                              for i in runner.input_specs], "notes": notes,
             "load_average_before": load_before, "load_average_after": _loadavg(),
             **({} if index is None else {"intermediates": index, "intermediates_kernels": kernels}), **timing}
 

@@ -10,6 +10,7 @@ with XNNPACK still applied) and the first tensor in graph order where they part 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import open_device
-from .base import ModelFile, RunResult, open_model
-from .measure import real_inputs, run_with_intermediates
+from .base import Inputs, InputShapes, ModelFile, RunResult, open_model
+from .measure import feed_of, real_inputs, run_with_intermediates
 from .stats import Protocol
 from .store import ResultStore
 
@@ -143,10 +144,11 @@ def _output_scales(model: ModelFile, result: RunResult) -> list[float | None]:
     return scales
 
 
-def _run(dev, model: ModelFile, inputs: list[np.ndarray] | None, protocol: Protocol, per_layer: bool):
+def _run(dev, *, model: ModelFile, inputs: Inputs, protocol: Protocol, per_layer: bool,
+         input_shapes: InputShapes):
     if not per_layer:
-        return dev.run(model, inputs, protocol=protocol), None, {}, None
-    return run_with_intermediates(dev, model, inputs, protocol)
+        return dev.run(model, inputs, protocol=protocol, input_shapes=input_shapes), None, {}, None
+    return run_with_intermediates(dev, model, inputs, protocol, input_shapes=input_shapes)
 
 
 def _layers(index_a: Sequence[Mapping[str, Any]], tensors_a: Mapping[str, np.ndarray],
@@ -165,31 +167,37 @@ def _layers(index_a: Sequence[Mapping[str, Any]], tensors_a: Mapping[str, np.nda
 
 
 def compare_devices(path: str | Path, device: str, *, against: str = "local", protocol: Protocol = Protocol(),
-                    data: str = "fashion-mnist", samples: int = 16, per_layer: bool = False, store: bool = True,
-                    profile: str | Path | None = None, **device_options: Any) -> DeviceComparison:
+                    data: str | None = None, samples: int | None = None, per_layer: bool = False, store: bool = True,
+                    profile: str | Path | None = None, input_shapes: InputShapes = (), inputs: str | Path | None = None,
+                    **device_options: Any) -> DeviceComparison:
     """Run ``path`` on ``device`` and on ``against`` on the same inputs (real images for an edgekit
-    file, the first device's seeded inputs for a third-party one) and compare every output, and
-    with ``per_layer`` every op output. ``device_options`` and ``profile`` apply to ``device``.
+    file, the arrays of ``inputs``, or the first device's seeded inputs for a third-party one) and
+    compare every output, and with ``per_layer`` every op output. ``input_shapes`` sets the file's
+    dynamic dimensions on both. ``device_options`` and ``profile`` apply to ``device``.
     Both results go to the store only when both runs succeeded."""
-    if samples < 1:
-        raise ValueError(f"samples {samples} must be >= 1")
     if device == against:
         raise ValueError(f"--against {against!r} is the device itself; name another device to compare with")
     model = open_model(path)
+    feed = feed_of(model, data=data, samples=samples, weights=None, compare=False, per_layer=False, inputs=inputs)
+    run = functools.partial(_run, model=model, protocol=protocol, per_layer=per_layer, input_shapes=input_shapes)
     dev_a = open_device(device, profile=profile, **device_options)
     try:
         dev_b = open_device(against)
         try:
-            if model.manifest is not None:
-                inputs, nchw = real_inputs(model, data=data, samples=samples)
-                source = f"{data} test images 0..{len(nchw) - 1}"
-                res_a, idx_a, ten_a, kernels = _run(dev_a, model, [inputs], protocol, per_layer)
-                res_b, idx_b, ten_b, _ = _run(dev_b, model, [inputs], protocol, per_layer)
+            source = feed.source
+            if feed.data is not None:
+                images, nchw = real_inputs(model, data=feed.data, samples=feed.samples)
+                source = f"{feed.data} test images 0..{len(nchw) - 1}"
+                res_a, idx_a, ten_a, kernels = run(dev_a, inputs=[images])
+                res_b, idx_b, ten_b, _ = run(dev_b, inputs=[images])
+            elif feed.arrays is not None:
+                res_a, idx_a, ten_a, kernels = run(dev_a, inputs=feed.arrays)
+                res_b, idx_b, ten_b, _ = run(dev_b, inputs=feed.arrays)
             else:
-                source = "seeded random inputs (seed 0) in each input's dtype and shape, generated on the first device"
-                res_a, idx_a, ten_a, kernels = _run(dev_a, model, None, protocol, per_layer)
+                source += ", generated on the first device"
+                res_a, idx_a, ten_a, kernels = run(dev_a, inputs=None)
                 same = [res_a.inputs[k] for k in sorted(res_a.inputs, key=lambda k: int(k.split("_")[-1]))]
-                res_b, idx_b, ten_b, _ = _run(dev_b, model, same, protocol, per_layer)
+                res_b, idx_b, ten_b, _ = run(dev_b, inputs=same)
         finally:
             dev_b.release()
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, load_npz, parse_agent_output
+from .base import AGENT_PATH, AgentDevice, DeviceError, Inputs, ModelFile, load_npz, parse_agent_output, write_inputs
 
 __all__ = ["LocalDevice"]
 
@@ -25,17 +25,13 @@ class LocalDevice(AgentDevice):
         self.timeout = timeout
         self.address = "local"
 
-    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: list[np.ndarray] | None
+    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: Inputs
                 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
         with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
             work = Path(tmp)
             shutil.copyfile(AGENT_PATH, work / "agent.py")
             request = dict(request, model=str(model.path))
-            if inputs is not None:
-                request["inputs"] = []
-                for i, x in enumerate(inputs):
-                    np.save(work / f"input_{i}.npy", x)
-                    request["inputs"].append(f"input_{i}.npy")
+            write_inputs(work, request, inputs)
             (work / "request.json").write_text(json.dumps(request))
             try:
                 proc = subprocess.run([self.python, "-I", "agent.py", "request.json"], cwd=work, capture_output=True,

@@ -22,12 +22,12 @@ import numpy as np
 from ..parity import ParityReport, compare
 from . import open_device
 from .agent import INTERMEDIATE_PREFIX
-from .base import AgentDevice, ModelFile, RunResult, open_model
+from .base import AgentDevice, Inputs, InputShapes, ModelFile, RunResult, load_npz, open_model
 from .stats import Protocol
 from .store import ResultStore
 
-__all__ = ["Measurement", "measure", "real_inputs", "run_with_intermediates", "LayerParity", "PerLayerParity",
-           "layer_parity"]
+__all__ = ["Measurement", "measure", "Feed", "feed_of", "real_inputs", "run_with_intermediates", "LayerParity",
+           "PerLayerParity", "layer_parity"]
 
 
 @dataclass(frozen=True)
@@ -294,14 +294,15 @@ def layer_parity(model, nchw: np.ndarray, index: list[Mapping[str, str]], tensor
     return PerLayerParity(rows_t, jump, len(index), drop_db, floor_db, ok_db, window)
 
 
-def run_with_intermediates(dev, model: ModelFile, inputs: list[np.ndarray] | None, protocol: Protocol
+def run_with_intermediates(dev, model: ModelFile, inputs: Inputs, protocol: Protocol, *,
+                           input_shapes: InputShapes = ()
                            ) -> tuple[RunResult, list[dict[str, str]], dict[str, np.ndarray], str | None]:
     """``dev.run`` with the agent asked for every op's output too; those come back apart: (result,
     the agent's index of them, the tensors by key, which kernels computed them)."""
     if not isinstance(dev, AgentDevice) or type(dev).run is not AgentDevice.run:
         raise ValueError(f"per-layer outputs need the edgekit agent to run the model; device {dev.address!r} "
                          f"runs it another way (use a local, ssh or qemu device)")
-    request = dict(dev.request(model, protocol, with_inputs=inputs is not None), intermediates=True)
+    request = dict(dev.request(model, protocol, input_shapes=input_shapes), intermediates=True)
     result, files = dev._invoke(model, request, inputs)
     outs = files["outputs"]
     tensors = {k: v for k, v in outs.items() if k.startswith(INTERMEDIATE_PREFIX)}
@@ -311,40 +312,91 @@ def run_with_intermediates(dev, model: ModelFile, inputs: list[np.ndarray] | Non
 
 
 def measure(path: str | Path, *, device: str = "local", protocol: Protocol = Protocol(), compare: bool = False,
-            data: str = "fashion-mnist", samples: int = 16, weights: str | Path | None = None, store: bool = True,
-            profile: str | Path | None = None, per_layer: bool = False, **device_options: Any) -> Measurement:
+            data: str | None = None, samples: int | None = None, weights: str | Path | None = None,
+            store: bool = True, profile: str | Path | None = None, per_layer: bool = False,
+            input_shapes: InputShapes = (), inputs: str | Path | None = None, **device_options: Any) -> Measurement:
     """Run ``path`` on ``device`` under ``protocol``; with ``compare`` also its PyTorch reference on the
-    same real images. ``per_layer`` (implies ``compare``) also compares every intermediate tensor with
-    its PyTorch module's output (``layer_parity``); the timed runs are unaffected. Appends to the
-    results store only after everything succeeded."""
-    if samples < 1:
-        raise ValueError(f"samples {samples} must be >= 1")
+    same real images (``data``, default fashion-mnist; ``samples`` batches, default 16). ``per_layer``
+    (implies ``compare``) also compares every intermediate tensor with its PyTorch module's output
+    (``layer_parity``); the timed runs are unaffected. ``input_shapes`` ((input name or None, shape)
+    pairs) sets the file's dynamic dimensions; ``inputs`` (an ``.npz`` of input name -> tensor) feeds
+    those arrays instead of images or seeded random inputs. Appends to the results store only after
+    everything succeeded.
+
+    >>> # measure("bert.onnx", input_shapes=[("input_ids", (1, 128))], inputs="ids.npz")  # doctest: +SKIP
+    """
     model = open_model(path)
+    feed = feed_of(model, data=data, samples=samples, weights=weights, compare=compare, per_layer=per_layer,
+                 inputs=inputs)
     dev = open_device(device, profile=profile, **device_options)
     try:
-        return _measure(model, dev, protocol=protocol, compare=compare, data=data, samples=samples, weights=weights,
-                        store=store, per_layer=per_layer)
+        return _measure(model, dev, protocol=protocol, compare=compare, feed=feed, weights=weights, store=store,
+                        per_layer=per_layer, input_shapes=input_shapes)
     finally:
         dev.release()
 
 
-def _measure(model: ModelFile, dev, *, protocol: Protocol, compare: bool, data: str, samples: int, weights,
-             store: bool, per_layer: bool) -> Measurement:
-    nchw = None
-    if model.manifest is not None:
-        inputs, nchw = real_inputs(model, data=data, samples=samples)
-        source = f"{data} test images 0..{len(nchw) - 1}"
+@dataclass(frozen=True)
+class Feed:
+    """What a run is fed: real images (``data``, ``samples``) for an edgekit file, the arrays of an
+    ``.npz`` (``arrays``, from ``source``), or seeded random inputs (neither)."""
+
+    data: str | None
+    samples: int
+    arrays: dict[str, np.ndarray] | None
+    source: str
+
+
+def feed_of(model: ModelFile, *, data: str | None, samples: int | None, weights, compare: bool, per_layer: bool,
+          inputs: str | Path | None) -> Feed:
+    """The inputs of a run, with the options that do not apply to this file refused."""
+    if samples is not None and samples < 1:
+        raise ValueError(f"samples {samples} must be >= 1")
+    if inputs is not None:
+        clash = [flag for flag, on in (("--data", data), ("--samples", samples), ("--compare", compare),
+                                       ("--per-layer", per_layer)) if on]
+        if clash:
+            raise ValueError(f"{model.path.name}: {', '.join(clash)} go(es) with image inputs; --inputs {inputs} "
+                             f"feeds arrays instead (drop one or the other)")
+        if not Path(inputs).is_file():
+            raise ValueError(f"--inputs {inputs} does not exist; give an .npz of input name -> array "
+                             f"(numpy.savez(FILE, name=array))")
+        try:
+            arrays = load_npz(inputs)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--inputs {inputs} is not a readable .npz ({e}); write it with numpy.savez") from None
+        return Feed(None, 1, arrays, f"arrays from {inputs}")
+    if model.manifest is None:
+        given = [flag for flag, on in (("--data", data), ("--samples", samples), ("--weights", weights),
+                                       ("--per-layer", per_layer)) if on]
+        if given:
+            raise ValueError(f"{model.path.name} has no manifest, so {', '.join(given)} cannot apply (nothing says "
+                             f"which PyTorch model it came from or how to preprocess images for it); feed it with "
+                             f"--inputs FILE.npz or seeded random inputs")
+        return Feed(None, 1, None, "seeded random inputs (seed 0) in each input's dtype and shape")
+    data = data or "fashion-mnist"
+    return Feed(data, 16 if samples is None else samples, None, "")
+
+
+def _measure(model: ModelFile, dev, *, protocol: Protocol, compare: bool, feed: Feed, weights, store: bool,
+             per_layer: bool, input_shapes: InputShapes = ()) -> Measurement:
+    nchw, source = None, feed.source
+    if feed.data is not None:
+        inputs, nchw = real_inputs(model, data=feed.data, samples=feed.samples)
+        source = f"{feed.data} test images 0..{len(nchw) - 1}"
         if per_layer:
-            result, index, tensors, _ = run_with_intermediates(dev, model, [inputs], protocol)
+            result, index, tensors, _ = run_with_intermediates(dev, model, [inputs], protocol,
+                                                               input_shapes=input_shapes)
         else:
-            result = dev.run(model, [inputs], protocol=protocol)
+            result = dev.run(model, [inputs], protocol=protocol, input_shapes=input_shapes)
     else:
-        source = "seeded random inputs (seed 0) in each input's dtype and shape"
-        result = dev.run(model, None, protocol=protocol)
+        result = dev.run(model, feed.arrays, protocol=protocol, input_shapes=input_shapes)
     parity, note = (None, "not asked (pass --compare)")
     layers = None
-    if compare or per_layer:
+    if feed.arrays is None and (compare or per_layer):
         parity, note = _parity(model, result, nchw, weights)
+    elif feed.arrays is not None:
+        note = "not measured: fed --inputs arrays, and the PyTorch reference runs on images"
     if per_layer and parity is not None:
         nhwc = model.manifest.inputs[0].layout == "NHWC"
         layers = layer_parity(_reference_model(model, weights), nchw, index, tensors, fmt=model.format, nhwc=nhwc)

@@ -7,7 +7,9 @@ shell sees is built from ``shlex.quote``-d parts. Host keys are verified as ssh 
 A run is five steps, each named in its error: ``connect`` (check the device Python and numpy,
 make a work directory), ``upload`` (scp the agent and the model unless already cached, the request
 and the inputs), ``verify`` (sha256 of what arrived, then into the content-addressed cache
-``<cache_dir>/models/<sha256>.<ext>``), ``run`` (the agent), ``download`` (scp the outputs back).
+``<cache_dir>/models/<sha256>.<ext>``, or for an ONNX file with external data
+``<cache_dir>/models/<key>/model.onnx`` beside its data files: ``ModelFile.cache_path``), ``run``
+(the agent), ``download`` (scp the outputs back).
 ControlMaster keeps one connection open for all of them and for the next runs.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..exporters.artifact import sha256_file
-from .base import AGENT_PATH, AgentDevice, DeviceError, ModelFile, load_npz, parse_agent_output
+from .base import AGENT_PATH, AgentDevice, DeviceError, Inputs, ModelFile, load_npz, parse_agent_output, write_inputs
 
 __all__ = ["SSHDevice", "parse_ssh_address"]
 
@@ -73,6 +75,7 @@ for name, rel, want in zip(sys.argv[3::3], sys.argv[4::3], sys.argv[5::3]):
         sys.exit(3)
     dest = os.path.join(cache, rel)
     try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copyfile(os.path.join(work, name), dest + ".partial")
         os.replace(dest + ".partial", dest)
     except OSError as e:  # nothing half-written stays in the cache
@@ -200,40 +203,34 @@ class SSHDevice(AgentDevice):
                                                        f"characters edgekit will not pass to scp; set TMPDIR")
         return info
 
-    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: list[np.ndarray] | None
+    def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: Inputs
                 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
         agent_sha = sha256_file(AGENT_PATH)
-        model_rel, agent_rel = f"models/{model.sha256}{model.extension}", f"agents/{agent_sha}.py"
-        info = self._connect([model_rel, agent_rel])
+        files = [*model.cache_files(), (AGENT_PATH, agent_sha, f"agents/{agent_sha}.py")]
+        info = self._connect([rel for _, _, rel in files])
         work, cache = info["work"], info["cache"]
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-ssh-") as tmp:
                 return self._in_workdir(Path(tmp), work, cache, model, request, inputs,
-                                                        have=set(info["have"]), agent_sha=agent_sha)
+                                        missing=[f for f in files if f[2] not in info["have"]], agent_sha=agent_sha)
         finally:
             self._cleanup(work)
 
     def _in_workdir(self, tmp: Path, work: str, cache: str, model: ModelFile, request: dict[str, Any],
-                    inputs: list[np.ndarray] | None, *, have: set[str], agent_sha: str):
-        request = dict(request, model=f"{cache}/models/{model.sha256}{model.extension}")
-        # the model travels as model.<ext> (a symlink scp follows): its own name may hold any character
-        (tmp / f"model{model.extension}").symlink_to(model.path)
+                    inputs: Inputs, *, missing: list[tuple[Path, str, str]], agent_sha: str):
+        request = dict(request, model=f"{cache}/{model.cache_path}")
         uploads, checks = [], []
-        if f"models/{model.sha256}{model.extension}" not in have:
-            uploads.append(str(tmp / f"model{model.extension}"))
-            checks += [f"model{model.extension}", f"models/{model.sha256}{model.extension}", model.sha256]
-        if f"agents/{agent_sha}.py" not in have:
-            uploads.append(str(AGENT_PATH))
-            checks += [AGENT_PATH.name, f"agents/{agent_sha}.py", agent_sha]
-        if inputs is not None:
-            request["inputs"] = []
-            for i, x in enumerate(inputs):
-                np.save(tmp / f"input_{i}.npy", x)
-                uploads.append(str(tmp / f"input_{i}.npy"))
-                request["inputs"].append(f"input_{i}.npy")
+        for i, (local, sha, rel) in enumerate(missing):
+            # each file travels under a plain name (a symlink scp follows): its own may hold any character
+            name = {model.cache_path: f"model{model.extension}", f"agents/{agent_sha}.py": AGENT_PATH.name}.get(
+                rel, f"data_{i}")
+            (tmp / name).symlink_to(local)
+            uploads.append(str(tmp / name))
+            checks += [name, rel, sha]
+        uploads += map(str, write_inputs(tmp, request, inputs))
         (tmp / "request.json").write_text(json.dumps(request))
         uploads.append(str(tmp / "request.json"))
-        self.uploads = [Path(u).name for u in uploads]
+        self.uploads = [rel for _, _, rel in missing] + [Path(u).name for u in uploads[len(missing):]]
         self._scp(uploads, self._remote(work + "/"), step="upload")
         if checks:
             proc = self._python(_INSTALL, work, cache, *checks, step="verify")
@@ -246,7 +243,8 @@ class SSHDevice(AgentDevice):
         files = {"outputs": load_npz(tmp / "outputs.npz")}
         if inputs is None:
             files["inputs"] = load_npz(tmp / "outputs.inputs.npz")
-        result["transfer"] = {"uploaded": list(self.uploads), "model_uploaded": model.sha256 in checks, "workdir": work}
+        result["transfer"] = {"uploaded": list(self.uploads), "model_uploaded": model.cache_path in self.uploads,
+                              "workdir": work}
         return result, files
 
     def _cleanup(self, work: str) -> None:

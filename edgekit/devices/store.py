@@ -33,11 +33,12 @@ CREATE TABLE IF NOT EXISTS results (
     settings TEXT NOT NULL,
     conditions TEXT NOT NULL,
     parity TEXT,
-    latencies_ns TEXT NOT NULL
+    latencies_ns TEXT NOT NULL,
+    input_shape TEXT
 );
 CREATE INDEX IF NOT EXISTS results_lookup ON results (model, device, format, precision);
 """
-_FILTERS = ("model", "device", "format", "precision")
+_FILTERS = ("model", "device", "format", "precision", "input_shape")
 
 
 def cache_dir() -> Path:
@@ -53,6 +54,9 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(results)")}
+            if "input_shape" not in columns:  # a store written before inputs had shapes of their own
+                db.execute("ALTER TABLE results ADD COLUMN input_shape TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -66,24 +70,27 @@ class ResultStore:
         row = (time.time(), result.model, result.device, result.format, result.precision, result.artifact_sha256,
                artifact_path, s.median_ms, s.p90_ms, s.cv, json.dumps(s.to_dict()), json.dumps(dict(result.fingerprint)),
                json.dumps(dict(result.settings)), json.dumps(dict(result.conditions)),
-               None if parity is None else json.dumps(parity), json.dumps(list(result.latencies_ns)))
+               None if parity is None else json.dumps(parity), json.dumps(list(result.latencies_ns)),
+               result.input_shape)
         db = self._connect()
         try:
             with db:  # one transaction: the row is there whole or not at all
                 cur = db.execute("INSERT INTO results (created, model, device, format, precision, artifact_sha256, "
                                  "artifact_path, median_ms, p90_ms, cv, stats, fingerprint, settings, conditions, "
-                                 "parity, latencies_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                                 "parity, latencies_ns, input_shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                                 "?, ?, ?)", row)
             return int(cur.lastrowid)
         finally:
             db.close()
 
     def query(self, **filters: str | None) -> list[dict[str, Any]]:
-        """Rows matching every given filter (model, device, format, precision), oldest first."""
+        """Rows matching every given filter (model, device, format, precision, input_shape), oldest
+        first; a filter is a shell-style glob (``ghostnet*``, ``*x224x224``), case-sensitive."""
         unknown = sorted(set(filters) - set(_FILTERS))
         if unknown:
             raise ValueError(f"unknown result filter(s) {unknown}; filter by {list(_FILTERS)}")
         where = [(k, v) for k, v in filters.items() if v is not None]
-        sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
+        sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(f"{k} GLOB ?" for k, _ in where) if where else "")
         db = self._connect()
         try:
             rows = db.execute(sql + " ORDER BY id", [v for _, v in where]).fetchall()

@@ -270,23 +270,32 @@ def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout:
              labelled: _Labelled | None, settings: ExportSettings, background) -> list[_Converted]:
     """Every requested file converted and checked against PyTorch on ``holdout``, in memory."""
     with torch.inference_mode():
-        reference = torch.cat([model(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK]))
-                               for i in range(0, len(holdout), REFERENCE_CHUNK)]).numpy()
+        chunks = [_as_tuple(model(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK])))
+                  for i in range(0, len(holdout), REFERENCE_CHUNK)]
+    reference = tuple(torch.cat(parts).numpy() for parts in zip(*chunks))
+    if len(reference) > 1 and (settings.max_drop is not None or settings.sensitivity):
+        raise ValueError(f"{name} returns {len(reference)} outputs; --max-drop and --sensitivity measure the top-1 of "
+                         f"one logits output: export it without them (every output is checked against PyTorch)")
     return [_faithful(name, conv, reference, holdout, settings)
             for fmt in settings.formats
             for conv in _converted(fmt, name, model, example, calib, holdout, reference, labelled, settings,
                                    background)]
 
 
-def _faithful(name: str, conv: _Converted, reference: np.ndarray, holdout: np.ndarray,
+def _faithful(name: str, conv: _Converted, reference: tuple[np.ndarray, ...], holdout: np.ndarray,
               s: ExportSettings) -> _Converted:
     """``conv`` with its parity against PyTorch; refused below its SQNR floor unless ``s.force`` or,
     with ``max_drop``, its measured top-1 accepts it (a note then says so)."""
     parity = conv.parity  # an int8 file's was measured when its calibration was chosen
     if parity is None:
-        parity = compare(reference, _outputs(conv.exp, holdout))
+        parity = _parity(reference, _outputs(conv.exp, holdout))
     floor = SQNR_FLOOR_DB["int8" if conv.precision == "mixed" else conv.precision]
     extras = conv.extras
+    if len(reference) > 1:  # the report above is the worst output's; the manifest keeps each one's
+        got = _outputs(conv.exp, holdout)
+        extras = replace(extras, metrics={**extras.metrics, "parity_per_output": [
+            {"output": info.name, **compare(ref, out).to_dict()}
+            for info, ref, out in zip(conv.exp.outputs, reference, got)]})
     accepted = _accurate_enough(extras, s)
     if accepted is not None and parity.sqnr_db < floor:  # NaN is never accepted
         extras = replace(extras, note="; ".join(filter(None, (extras.note, accepted.format(sqnr=parity.sqnr_db,
@@ -301,9 +310,22 @@ def _faithful(name: str, conv: _Converted, reference: np.ndarray, holdout: np.nd
     return replace(conv, parity=parity, extras=extras)
 
 
-def _outputs(exp: Any, x: np.ndarray) -> np.ndarray:
-    """``exp`` run on NCHW images, its output NCHW again when it is a channels-last map."""
-    return exp.outputs[0].to_nchw(exp(exp.inputs[0].from_nchw(x)))
+def _as_tuple(out: Any) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _outputs(exp: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``exp`` run on NCHW images: its outputs, each NCHW again when it is a channels-last map."""
+    return tuple(info.to_nchw(y) for info, y in zip(exp.outputs, _as_tuple(exp(exp.inputs[0].from_nchw(x)))))
+
+
+def _parity(reference: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> ParityReport:
+    """Parity of a file's outputs against PyTorch's: the one output furthest from it (lowest SQNR,
+    a NaN first), so a floor holds for every output."""
+    if len(got) != len(reference):
+        raise ValueError(f"the file has {len(got)} outputs, PyTorch gives {len(reference)}")
+    reports = [compare(ref, out) for ref, out in zip(reference, got)]
+    return min(reports, key=lambda r: -math.inf if math.isnan(r.sqnr_db) else r.sqnr_db)
 
 
 def _accurate_enough(extras: _Extras, s: ExportSettings) -> str | None:
@@ -371,7 +393,7 @@ def _holdout(pre: Preprocessing, s: ExportSettings) -> np.ndarray:
 
 
 def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None,
-               holdout: np.ndarray, reference: np.ndarray, labelled: _Labelled | None, s: ExportSettings,
+               holdout: np.ndarray, reference: tuple[np.ndarray, ...], labelled: _Labelled | None, s: ExportSettings,
                background=None) -> Iterator[_Converted]:
     """``_convert``, with converter and quantizer failures turned into a ValueError that says which
     export failed (the converters' messages name the op and the module)."""
@@ -385,7 +407,7 @@ def _converted(fmt: str, name: str, model: nn.Module, example: torch.Tensor, cal
 
 
 def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarray | None, holdout: np.ndarray,
-             reference: np.ndarray, labelled: _Labelled | None, s: ExportSettings,
+             reference: tuple[np.ndarray, ...], labelled: _Labelled | None, s: ExportSettings,
              background=None) -> Iterator[_Converted]:
     """Yield the files of one format, fp32 then int8 (with its parity when it was measured already);
     int8 reuses the fp32 conversion where it can, is calibrated again when below the floor
@@ -409,7 +431,7 @@ def _convert(fmt: str, model: nn.Module, example: torch.Tensor, calib: np.ndarra
                                                          graphs.int8), holdout, reference, labelled, s)
 
 
-def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled: _Labelled | None,
+def _int8(make, holdout: np.ndarray, reference: tuple[np.ndarray, ...], labelled: _Labelled | None,
           s: ExportSettings) -> _Converted:
     """The int8 (or mixed) file of one format, from the files ``make(method)`` calibrates, with the
     parity measured while choosing the calibration when the file is that int8 one."""
@@ -419,14 +441,14 @@ def _int8(make, holdout: np.ndarray, reference: np.ndarray, labelled: _Labelled 
     return replace(chosen, exp=files.finish(chosen.exp), parity=cal.parity if chosen.exp is files.int8 else None)
 
 
-def _calibrated(make, holdout: np.ndarray, reference: np.ndarray, s: ExportSettings) -> _Calibrated:
+def _calibrated(make, holdout: np.ndarray, reference: tuple[np.ndarray, ...], s: ExportSettings) -> _Calibrated:
     """The int8 files calibrated with ``s.calib_method``; while their SQNR against PyTorch on
     ``holdout`` is below the floor, calibrated again with each ``s.calib_retry`` method in turn. The
     most faithful one is kept, with every (method, SQNR) tried and its int8 file's parity."""
     tries, best = [], None
     for method in dict.fromkeys((s.calib_method, *s.calib_retry)):
         files = make(method)
-        parity = compare(reference, _outputs(files.int8, holdout))
+        parity = _parity(reference, _outputs(files.int8, holdout))
         sqnr = parity.sqnr_db
         tries.append(_CalibrationTry(method, round(sqnr, 2) if math.isfinite(sqnr) else sqnr))
         score = sqnr if not math.isnan(sqnr) else -math.inf

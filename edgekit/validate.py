@@ -81,6 +81,10 @@ def validate(artifact: str | Path, *, data: str = "fashion-mnist", limit: int | 
         raise ValueError(f"{data!r} has no labels; validation needs a labelled dataset")
     x = preprocess(ds.images, m.preprocessing, layout="NCHW")  # (N, C, H, W) float32
     layout = m.inputs[0].layout
+    first = m.outputs[0]
+    if len(first.shape) != 2:
+        raise ValueError(f"validate measures top-1 on the first output, which must be (N, classes) logits; "
+                         f"{art.path.name}'s first output {first.name} has shape {'x'.join(map(str, first.shape))}")
     start = time.perf_counter()
     with _native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on fd 2
         runner = Runner(str(art.path), m.to_dict(), threads=threads)
@@ -91,12 +95,18 @@ def validate(artifact: str | Path, *, data: str = "fashion-mnist", limit: int | 
     torch_top1 = parity = torch_top5 = None
     if ref is not None:
         with torch.no_grad():
-            ref_logits = np.concatenate([ref(torch.from_numpy(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
+            ref_logits = np.concatenate([_first(ref(torch.from_numpy(x[i:i + 256]))).numpy()
+                                         for i in range(0, len(x), 256)])
         torch_top1 = float((ref_logits.argmax(1) == ds.labels).mean())
         torch_top5 = _top5(ref_logits, ds.labels)
         parity = compare(ref_logits, logits)
     return ValidationReport(str(art.path), m.format, m.precision, ds.name, len(x), top1, torch_top1, parity,
                             time.perf_counter() - start, _top5(logits, ds.labels), torch_top5)
+
+
+def _first(out):
+    """The logits of a network that returns several outputs: its first (the file's first, too)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _top5(logits: np.ndarray, labels: np.ndarray) -> float | None:

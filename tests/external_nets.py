@@ -30,12 +30,15 @@ def residual():
 
 
 class TwoOutputs(Residual):
+    """Logits and the stem's feature map: a classifier that also hands its features on."""
+
     def forward(self, x):
         y = self.stem(x)
         return self.head(y.mean((2, 3))), y
 
 
 def two_outputs():
+    torch.manual_seed(0)
     return TwoOutputs()
 
 

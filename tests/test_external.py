@@ -52,8 +52,8 @@ def test_outputs_and_input_sizes_the_exporters_cannot_take_are_refused():
     with pytest.raises(ValueError, match=r"rejects an input of shape \(1, 3, 32, 32\) \(ValueError: Only64 takes "
                                          r"64x64 images"):
         describe(load_external(_spec("only_64"))[0], input_size=(3, 32, 32), name="only_64")
-    with pytest.raises(ValueError, match="returns 2 tensors"):
-        describe(load_external(_spec("two_outputs"))[0], input_size=(3, 32, 32), name="two_outputs")
+    cfg = describe(load_external(_spec("two_outputs"))[0], input_size=(3, 32, 32), name="two_outputs").default_cfg
+    assert cfg["num_outputs"] == 2 and cfg["output_shapes"] == [[1, 7], [1, 16, 16, 16]] and cfg["num_classes"] == 7
     net = load_external(_spec("residual"))[0]
     with pytest.raises(ValueError, match="--mean has 2 values for 3 input channel"):
         describe(net, input_size=(3, 32, 32), mean=(0.5, 0.5))
@@ -142,3 +142,31 @@ def test_a_program_and_a_bare_module_export_and_an_unlowerable_op_writes_nothing
     assert res.returncode == 2 and "op aten._fft_r2c" in res.stderr and "Spectral" in res.stderr
     assert list(bad.iterdir()) == []
     assert np.isfinite(files[0].parity.sqnr_db)
+
+
+@pytest.mark.slow
+def test_a_module_with_two_outputs_exports_with_every_output_checked(tmp_path, home, edgekit_cli):
+    """Logits and a feature map: all four files keep both outputs in the module's order (the map
+    channels-last in TFLite), each output is checked against PyTorch at export (the file's parity is
+    the worse one's, each one's in the manifest), on the device, and validate reads the logits."""
+    out = tmp_path / "out"
+    out.mkdir()
+    res = edgekit_cli("export", _spec("two_outputs"), "--input-size", "3,32,32", "--out", out,
+                      "--calib", "fashion-mnist:64", "--json")
+    assert res.returncode == 0, res.stderr
+    arts = {(a["format"], a["precision"]): a for a in json.loads(res.stdout)["artifacts"]}
+    assert len(arts) == 4
+    for (fmt, precision), a in arts.items():
+        m = load_artifact(a["path"]).manifest
+        assert [len(t.shape) for t in m.outputs] == [2, 4]
+        assert m.outputs[1].layout == ("NHWC" if fmt == "tflite" else "NCHW")
+        per = m.metrics["parity_per_output"]
+        assert [p["output"] for p in per] == [t.name for t in m.outputs]
+        assert a["parity"]["sqnr_db"] == pytest.approx(min(p["sqnr_db"] for p in per))
+        assert min(p["sqnr_db"] for p in per) > (60 if precision == "fp32" else 25)
+    run = edgekit.run(arts["tflite", "int8"]["path"], compare=True, samples=4, store=False)
+    assert len(run.parity) == 2 and all(r.sqnr_db > 25 for r in run.parity.values())
+    report = edgekit.validate(arts["onnx", "int8"]["path"], limit=200)
+    assert report.torch_top1 is not None and report.parity.shape == (200, 7)
+    res = edgekit_cli("export", _spec("two_outputs"), "--input-size", "3,32,32", "--out", out, "--max-drop", "1")
+    assert res.returncode == 2 and "returns 2 outputs; --max-drop and --sensitivity" in res.stderr

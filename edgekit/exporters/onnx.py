@@ -73,7 +73,7 @@ from .artifact import TensorInfo, sha256_bytes
 __all__ = ["OnnxExport", "OnnxExportError", "Int8Settings", "export_onnx_fp32", "quantize_onnx_int8",
            "quantize_onnx_nodes", "with_speed_check", "inference_session", "weighted_layers", "node_outputs",
            "calibrated_tensors", "benchmark_onnx", "int8_structure", "sqnr_db", "tool_versions", "CALIB_METHODS",
-           "ACTIVATION_TYPES", "INPUT_NAME", "OUTPUT_NAME", "PARITY_RTOL"]
+           "ACTIVATION_TYPES", "INPUT_NAME", "OUTPUT_NAME", "PARITY_RTOL", "output_names"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -176,14 +176,17 @@ class OnnxExport:
     def _session(self):
         return inference_session(self.model_bytes, threads=None)
 
-    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Run (N, C, H, W) through the batch-1 file one sample at a time; returns (N, ...) float32."""
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run (N, C, H, W) through the batch-1 file one sample at a time; returns (N, ...) float32,
+        or a tuple of them, in the module's order, for a file with several outputs."""
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         want = self.inputs[0].shape
         if x.ndim != len(want) or tuple(x.shape[1:]) != want[1:]:
             raise ValueError(f"input shape {tuple(x.shape)} does not fit the model input (N, {', '.join(map(str, want[1:]))})")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([self._session.run(None, {self.inputs[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+        runs = [self._session.run(None, {self.inputs[0].name: x[i:i + 1]}) for i in range(len(x))]
+        outs = tuple(np.concatenate(parts) for parts in zip(*runs))
+        return outs[0] if len(outs) == 1 else outs
 
 
 def tool_versions() -> dict[str, str]:
@@ -196,11 +199,17 @@ def tool_versions() -> dict[str, str]:
 
 # ---- fp32 export ------------------------------------------------------------------------------
 
+def output_names(count: int) -> list[str]:
+    """The graph's output names: ``logits`` for one output, ``output_0``, ``output_1``, ... for several."""
+    return [OUTPUT_NAME] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
 def export_onnx_fp32(model: nn.Module, example: torch.Tensor, *, opset: int | None = None) -> OnnxExport:
     """ONNX bytes of ``model`` in eval mode for a static (1, C, H, W) float32 input named ``input``
-    and one output named ``logits``; BatchNorm folded into the Conv before it, graph constant-folded,
-    checked by ``onnx.checker``, and run in onnxruntime against PyTorch (max abs error <=
-    ``PARITY_RTOL`` x max |output|), else :class:`OnnxExportError`."""
+    and its outputs (a tensor or a tuple of tensors) named by :func:`output_names`; BatchNorm folded
+    into the Conv before it, graph constant-folded, checked by ``onnx.checker``, and run in
+    onnxruntime against PyTorch (max abs error <= ``PARITY_RTOL`` x max |output| for every output),
+    else :class:`OnnxExportError`."""
     import onnx
 
     example = _check_example(example)
@@ -208,11 +217,12 @@ def export_onnx_fp32(model: nn.Module, example: torch.Tensor, *, opset: int | No
         raise ValueError(f"opset {opset!r} must be an int >= 18 (the lowest the torch.export-based exporter "
                          f"emits; asked for 17 it silently gives 18), or None for torch's default")
     with _eval_mode(model), torch.no_grad():
-        ref = model(example)
-        if not isinstance(ref, torch.Tensor):
-            raise OnnxExportError(f"{type(model).__name__} returns {type(ref).__name__}; the export needs a "
-                                  f"single tensor output (the logits)")
-        proto = _torch_export(model, example, opset)
+        out = model(example)
+        refs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        if not refs or not all(isinstance(r, torch.Tensor) for r in refs):
+            raise OnnxExportError(f"{type(model).__name__} returns {type(out).__name__}; the export needs a tensor "
+                                  f"or a tuple of tensors")
+        proto = _torch_export(model, example, opset, output_names(len(refs)))
     if opset is not None and _opset_of(proto) != opset:
         raise OnnxExportError(f"asked for opset {opset}, torch.onnx produced opset {_opset_of(proto)}")
     _name_nodes_by_module(proto)
@@ -221,11 +231,11 @@ def export_onnx_fp32(model: nn.Module, example: torch.Tensor, *, opset: int | No
     except onnx.checker.ValidationError as e:
         raise OnnxExportError(f"the exported graph is not valid ONNX: {_first_line(e)}") from None
     data = proto.SerializeToString()
-    err, scale = _parity(data, example.numpy(), ref.numpy())
+    err, scale = _parity(data, example.numpy(), [r.numpy() for r in refs])
     metrics = {"parity_max_abs": err, "parity_max_ref": scale, "parity_rtol": PARITY_RTOL}
     return OnnxExport(model_bytes=data, inputs=(_tensor_info(INPUT_NAME, tuple(example.shape)),),
-                      outputs=(_tensor_info(OUTPUT_NAME, tuple(ref.shape)),), precision="fp32",
-                      opset=_opset_of(proto), tools=tool_versions(), metrics=metrics)
+                      outputs=tuple(_tensor_info(n, tuple(r.shape)) for n, r in zip(output_names(len(refs)), refs)),
+                      precision="fp32", opset=_opset_of(proto), tools=tool_versions(), metrics=metrics)
 
 
 def _check_example(example: Any) -> torch.Tensor:
@@ -251,7 +261,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _torch_export(model: nn.Module, example: torch.Tensor, opset: int | None):
+def _torch_export(model: nn.Module, example: torch.Tensor, opset: int | None, outputs: list[str]):
     """torch.export (non-strict), then torch.onnx's dynamo translation + onnxscript optimisation."""
     with _quiet_torch_onnx():
         try:
@@ -261,7 +271,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor, opset: int | None):
                                   f"{_first_line(e)}") from e
         try:
             prog = torch.onnx.export(ep, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                     output_names=[OUTPUT_NAME], opset_version=opset, external_data=False,
+                                     output_names=outputs, opset_version=opset, external_data=False,
                                      optimize=True, verbose=False)
         except Exception as e:
             raise OnnxExportError(_conversion_message(e, ep)) from e
@@ -361,21 +371,27 @@ def _tensor_info(name: str, shape: tuple[int, ...]) -> TensorInfo:
     return TensorInfo(name=name, shape=shape, dtype="float32", layout=layout)
 
 
-def _parity(data: bytes, x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+def _parity(data: bytes, x: np.ndarray, refs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(max abs error, max |output|) of the output furthest from PyTorch, relative to its scale."""
     try:
-        out = inference_session(data, threads=1).run(None, {INPUT_NAME: x})[0]
+        outs = inference_session(data, threads=1).run(None, {INPUT_NAME: x})
     except Exception as e:  # ORT names the node, which carries the module path
         raise OnnxExportError(f"onnxruntime cannot run the exported model: {_first_line(e)}") from e
-    if out.shape != ref.shape:
-        raise OnnxExportError(f"onnxruntime output shape {out.shape} differs from PyTorch's {ref.shape}")
-    diff = np.abs(out.astype(np.float64) - ref)
-    err, scale = float(diff.max()), float(np.abs(ref).max())
-    if not err <= PARITY_RTOL * scale + 1e-7:
-        worst = np.unravel_index(int(diff.argmax()), diff.shape)
-        raise OnnxExportError(f"onnxruntime output differs from PyTorch: max abs {err:.3g} > {PARITY_RTOL:g} x "
-                              f"max |output| {scale:.3g}; worst element {tuple(map(int, worst))}: ORT "
-                              f"{out[worst]:.6g} vs PyTorch {ref[worst]:.6g}; SQNR {sqnr_db(ref, out):.1f} dB")
-    return err, scale
+    worst_err = None
+    for i, (out, ref) in enumerate(zip(outs, refs)):
+        which = f"output {i}" if len(refs) > 1 else "output"
+        if out.shape != ref.shape:
+            raise OnnxExportError(f"onnxruntime {which} shape {out.shape} differs from PyTorch's {ref.shape}")
+        diff = np.abs(out.astype(np.float64) - ref)
+        err, scale = float(diff.max(initial=0.0)), float(np.abs(ref).max(initial=0.0))
+        if not err <= PARITY_RTOL * scale + 1e-7:
+            worst = np.unravel_index(int(diff.argmax()), diff.shape)
+            raise OnnxExportError(f"onnxruntime {which} differs from PyTorch: max abs {err:.3g} > {PARITY_RTOL:g} x "
+                                  f"max |output| {scale:.3g}; worst element {tuple(map(int, worst))}: ORT "
+                                  f"{out[worst]:.6g} vs PyTorch {ref[worst]:.6g}; SQNR {sqnr_db(ref, out):.1f} dB")
+        if worst_err is None or err / max(scale, 1e-30) > worst_err[0] / max(worst_err[1], 1e-30):
+            worst_err = (err, scale)
+    return worst_err
 
 
 # ---- int8 -------------------------------------------------------------------------------------
@@ -734,9 +750,12 @@ def int8_structure(model_bytes: bytes) -> dict[str, Any]:
 
 
 def _calib_sqnr(fp32: OnnxExport, data: bytes, x: np.ndarray) -> float:
+    """SQNR of the int8 graph against fp32 on calibration images: the lowest over the outputs."""
     s = inference_session(data, threads=None)
-    q = np.concatenate([s.run(None, {INPUT_NAME: x[i:i + 1]})[0] for i in range(len(x))])
-    return round(sqnr_db(fp32(x), q), 2)
+    runs = [s.run(None, {INPUT_NAME: x[i:i + 1]}) for i in range(len(x))]
+    ref = fp32(x)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    return round(min(sqnr_db(r, np.concatenate(q)) for r, q in zip(refs, zip(*runs))), 2)
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:

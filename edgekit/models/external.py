@@ -199,9 +199,6 @@ def describe(model: nn.Module, *, input_size: Sequence[int], mean: Sequence[floa
             ", ".join(type(o).__name__ for o in outs) or "nothing"
         raise ValueError(f"{name} returns {kinds}; edgekit exports modules that return a tensor or a tuple of "
                          f"tensors")
-    if len(outs) > 1:
-        raise ValueError(f"{name} returns {len(outs)} tensors; edgekit's exporters check and quantize one output so "
-                         f"far: wrap the network so it returns the one to deploy")
     first = outs[0]
     cfg = {"input_size": [c, h, w], "mean": list(m), "std": list(s), "num_outputs": len(outs),
            "output_shapes": [list(o.shape) for o in outs], "task": "classification" if first.ndim == 2 else "other"}

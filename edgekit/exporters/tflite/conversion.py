@@ -47,28 +47,32 @@ class TfliteExport:
         """QUANTIZE + DEQUANTIZE ops in the graph (0 for a clean full-integer file)."""
         return sum(self.op_histogram.get(op, 0) for op in QUANT_OPS)
 
-    def __call__(self, inputs: np.ndarray, *, threads: int = 1) -> np.ndarray:
-        """Run the file like the PyTorch model: float inputs in the file's layout -> float outputs."""
+    def __call__(self, inputs: np.ndarray, *, threads: int = 1) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the file like the PyTorch model: float inputs in the file's layout -> float outputs
+        (a tuple of them, in the module's order, for several)."""
         return run_tflite(self.model_bytes, inputs, threads=threads)
 
 
 class _ChannelsLast(nn.Module):
-    """NHWC in -> the NCHW model -> its output, made NHWC when it is a 4-D map. The permutes meet the
-    converter's own NHWC rewrite and cancel, so the file has no TRANSPOSE left."""
+    """NHWC in -> the NCHW model -> its output(s), each made NHWC when it is a 4-D map. The permutes
+    meet the converter's own NHWC rewrite and cancel, so the file has no TRANSPOSE left."""
 
     # litert-torch names every tensor after the classes of its module stack, this one's qualified name
     # first; pinned to the package, so tensor names (what ``ranges=`` and ``float_ops`` take) do not
     # depend on the file that defines the wrapper
     __module__ = "edgekit.exporters.tflite"
 
-    def __init__(self, model: nn.Module, spatial_out: bool):
+    def __init__(self, model: nn.Module, spatial_out: tuple[bool, ...]):
         super().__init__()
         self.model = model
-        self.spatial_out = spatial_out
+        self.spatial_out = spatial_out  # per output: a 4-D map
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         y = self.model(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
-        return y.permute(0, 2, 3, 1) if self.spatial_out else y  # (B, C, h, w) -> (B, h, w, C)
+        outs = tuple(y) if isinstance(y, (tuple, list)) else (y,)
+        outs = tuple(o.permute(0, 2, 3, 1) if spatial else o  # (B, C, h, w) -> (B, h, w, C)
+                     for o, spatial in zip(outs, self.spatial_out))
+        return outs if isinstance(y, (tuple, list)) else outs[0]
 
 
 def check_example(example_nchw: Any, layout: str) -> None:
@@ -94,9 +98,10 @@ def prepare(model: nn.Module, example_nchw: torch.Tensor, layout: str, int8_rewr
     example_nchw = example_nchw.detach().float()
     with torch.no_grad():
         out = model(example_nchw)
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model must return one tensor, got {type(out).__name__}")
-    spatial = out.dim() == 4
+    outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise ValueError(f"the model must return a tensor or a tuple of tensors, got {type(out).__name__}")
+    spatial = tuple(o.dim() == 4 for o in outs)
     if layout == "NCHW":
         wrapper, example = model, example_nchw
     else:

@@ -3,6 +3,7 @@ the file declares, float batches in and out (quantized / dequantized where the f
 integer), and the latency of one invoke."""
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from typing import Any, Mapping, Sequence
@@ -12,7 +13,7 @@ import numpy as np
 from ..artifact import TensorInfo
 from .tools import captured_output
 
-__all__ = ["make_interpreter", "io_tensors", "to_input", "run_tflite", "benchmark_tflite"]
+__all__ = ["make_interpreter", "io_tensors", "output_details", "to_input", "run_tflite", "benchmark_tflite"]
 
 
 def make_interpreter(model_bytes: bytes, threads: int = 1, *, preserve: bool = False):
@@ -45,8 +46,26 @@ def io_tensors(model_bytes: bytes, image_layout: str = "NHWC") -> tuple[tuple[Te
     """Inputs and outputs as the file declares them (4-D tensors get ``image_layout``)."""
     it = make_interpreter(model_bytes)
     ins = tuple(_tensor_info(d, _layout_of(d["shape"], image_layout)) for d in it.get_input_details())
-    outs = tuple(_tensor_info(d, _layout_of(d["shape"], image_layout)) for d in it.get_output_details())
+    outs = tuple(_tensor_info(d, _layout_of(d["shape"], image_layout)) for d in output_details(it))
     return ins, outs
+
+
+def output_details(it) -> list[dict[str, Any]]:
+    """The interpreter's outputs in the order the module returned them: the signature names them
+    ``output_0``, ``output_1``, ...; a file without that signature keeps the subgraph's order."""
+    details = it.get_output_details()
+    signatures = it._get_full_signature_list() if hasattr(it, "_get_full_signature_list") else {}
+    if len(signatures) != 1:
+        return details
+    by_index = {d["index"]: d for d in details}
+    named = next(iter(signatures.values())).get("outputs", {})
+    order = {}
+    for name, index in named.items():
+        m = re.fullmatch(r"output_(\d+)", name)
+        if m is None or index not in by_index:
+            return details
+        order[int(m[1])] = by_index[index]
+    return [order[k] for k in sorted(order)] if len(order) == len(details) else details
 
 
 def to_input(x: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
@@ -77,17 +96,18 @@ def _check_batch(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return x
 
 
-def run_tflite(model_bytes: bytes, inputs_nhwc: np.ndarray, *, threads: int = 1) -> np.ndarray:
+def run_tflite(model_bytes: bytes, inputs_nhwc: np.ndarray, *,
+               threads: int = 1) -> np.ndarray | tuple[np.ndarray, ...]:
     """Float outputs for float inputs (N, ...) laid out as the file's input; N may exceed the file's
     batch (run in chunks of that batch). Integer I/O is quantized / dequantized with the tensors'
-    own scale and zero point.
+    own scale and zero point. Several outputs come as a tuple, in the module's order.
 
     >>> run_tflite(exp.model_bytes, np.zeros((4, 64, 64, 1), np.float32)).shape   # doctest: +SKIP
     (4, 10)
     """
     it = make_interpreter(model_bytes, threads)
     (inp,) = it.get_input_details()
-    outs = it.get_output_details()
+    outs = output_details(it)
     x = _check_batch(inputs_nhwc, inp["shape"])
     b = int(inp["shape"][0])
     if len(x) % b:
@@ -96,8 +116,9 @@ def run_tflite(model_bytes: bytes, inputs_nhwc: np.ndarray, *, threads: int = 1)
     for i in range(0, len(x), b):
         it.set_tensor(inp["index"], to_input(x[i:i + b], inp))
         it.invoke()
-        results.append(_from_output(it.get_tensor(outs[0]["index"]), outs[0]))
-    return np.concatenate(results)
+        results.append([_from_output(it.get_tensor(o["index"]), o) for o in outs])
+    joined = tuple(np.concatenate(parts) for parts in zip(*results))
+    return joined[0] if len(joined) == 1 else joined
 
 
 def benchmark_tflite(model_bytes: bytes, inputs: np.ndarray, *, threads: int = 1, runs: int = 50,

@@ -1,0 +1,314 @@
+"""FBNetV2's DMaskingNAS (Wan et al., CVPR'20): the ``fbnet-v2`` space, channel / expansion masks
+with shared weights, resolution by subsample and interleave, and the exact expected latency over
+discrete channel choices read from a measured table.
+
+The space: per layer a block type (kernel 3 / 5, squeeze-excitation on / off, ReLU / h-swish), an
+expansion from a set, and output channels from the stage's range ``(min, max, step)``; one input
+resolution for the network from a set. The macro-architecture follows the released FBNetV2
+networks (stem, then stages of 1 / 3 / 4 / 7 / 4 inverted-residual layers at strides 1 / 2 / 2 / 2 /
+2 ... , an ``ir_pool`` head), with ranges around their channel counts; ``width``, ``in_chans``,
+``num_classes`` and the resolutions scale it down to Fashion-MNIST as ``fbnet-v1``'s knobs do.
+
+Masking: a block is built once at its widest (the largest expansion of the widest input, the
+largest output). After every conv + BN + act its output is multiplied by ``M = sum_i g_i 1_i``,
+where ``1_i`` keeps the first ``c_i`` channels and ``g`` are the layer's Gumbel-softmax weights over
+its channel choices (the expansion's over the hidden channels), so every choice shares one weight
+tensor. With a one-hot ``g`` the block computes exactly the narrower block built with the sliced
+weights (``narrow_block``), zeros in the channels beyond.
+
+Resolution: a lower resolution ``r`` of the full grid ``H`` keeps the rows and columns
+``floor(i * H / h)`` (nearest subsampling); a block takes the subsampled map, runs on it, and its
+output is put back on the full output grid at the same kind of positions with zeros between
+(``interleave``), so maps of different resolutions have one shape and can be weighted and summed.
+
+Latency: the expected latency of a layer is ``sum g_prev[i] g[j] h[k] p[b] LUT[b, i, j, k]`` over the
+previous layer's channel choice ``i``, this layer's channel choice ``j``, expansion ``k`` and block
+type ``b``, all at the network's resolution choice, read from a table measured on the device for
+those discrete configurations (``expected_latency``). Latency steps with the channel count on real
+kernels, so a table read at a fractional "effective" width would be wrong.
+
+>>> space = FBNetV2Space(resolution=32, resolutions=(32, 24), width=0.25, in_chans=1, num_classes=10)
+>>> len(space.layers), space.lut_entries() > 0
+(19, True)
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_count
+from ..models.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec
+from ..models.fbnet import get_divisible_by
+from ..models.layers import ConvBNAct, make_act
+
+__all__ = ["BLOCK_TYPES", "FBNetV2Space", "V2Layer", "MaskedIR", "channel_choices", "channel_mask",
+           "expected_latency", "hidden_mask", "interleave", "narrow_block", "sample_positions", "subsample"]
+
+# (name, kernel, squeeze-excitation, activation)
+BLOCK_TYPES: tuple[tuple[str, int, bool, str], ...] = tuple(
+    (f"k{k}{'_se' if se else ''}_{act}", k, se, act)
+    for k, se, act in itertools.product((3, 5), (False, True), ("relu", "hswish")))
+EXPANSIONS = (2.0, 3.0, 4.0, 5.0, 6.0)  # expansion 1 (no 1x1 expansion conv) only where a stage fixes it
+SE_RATIO = 0.25
+
+# the released networks' layout: (min, max, step) output channels, depth, first stride, expansions
+_V2_STAGES = (
+    ((8, 16, 4), 1, 1, (1.0,)),
+    ((16, 28, 4), 3, 2, EXPANSIONS),
+    ((24, 40, 8), 4, 2, EXPANSIONS),
+    ((48, 112, 8), 7, 2, EXPANSIONS),
+    ((112, 184, 8), 4, 2, EXPANSIONS),
+)
+
+
+def channel_choices(lo: int, hi: int, step: int, *, where: str = "channel range") -> tuple[int, ...]:
+    """``lo, lo + step, ..., hi``; the step must divide the range."""
+    for label, v in (("min", lo), ("max", hi), ("step", step)):
+        check_count(f"{where} {label}", v)
+    if hi < lo:
+        raise ValueError(f"{where} ({lo}, {hi}, {step}): max {hi} is below min {lo}")
+    if (hi - lo) % step:
+        raise ValueError(f"{where} ({lo}, {hi}, {step}): step {step} does not divide {hi - lo} (max - min); "
+                         f"use a step that does, e.g. {math.gcd(hi - lo, step) or 1}")
+    return tuple(range(lo, hi + 1, step))
+
+
+@dataclass(frozen=True)
+class V2Layer:
+    """One searchable layer: its index, stage, channel choices, stride and expansion choices."""
+
+    index: int
+    stage: int
+    channels: tuple[int, ...]
+    stride: int
+    expansions: tuple[float, ...]
+
+    @property
+    def where(self) -> str:
+        return f"layer {self.index} (stage {self.stage})"
+
+
+@dataclass(frozen=True)
+class FBNetV2Space:
+    """The ``fbnet-v2`` channel / expansion / block / resolution space at a given scale."""
+
+    resolution: int = 224  # the full grid; ``resolutions`` are the input sides searched (<= it)
+    resolutions: tuple[int, ...] = (224, 192, 160, 128)
+    width: float = 1.0
+    in_chans: int = 3
+    num_classes: int = 1000
+    stem_channels: tuple[int, int, int] = (8, 16, 4)
+    head_channels: int = 1984
+    stages: tuple[tuple[tuple[int, int, int], int, int, tuple[float, ...]], ...] = _V2_STAGES
+    name: str = "fbnet-v2"
+    layers: tuple[V2Layer, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "resolutions", tuple(sorted({int(r) for r in self.resolutions}, reverse=True)))
+        for label, v in (("resolution", self.resolution), ("in_chans", self.in_chans),
+                         ("num_classes", self.num_classes), ("head_channels", self.head_channels)):
+            check_count(f"space {label}", v)
+        if not self.width > 0:
+            raise ValueError(f"space width {self.width!r} must be > 0")
+        if not self.resolutions or self.resolutions[0] > self.resolution or self.resolutions[-1] < 8:
+            raise ValueError(f"space resolutions {self.resolutions} must lie in [8, resolution={self.resolution}]")
+        layers = []
+        for si, (rng, depth, stride, expansions) in enumerate(self.stages, 1):
+            chs = self._scaled(channel_choices(*rng, where=f"stage {si} channel range"))
+            for bi in range(depth):
+                layers.append(V2Layer(len(layers) + 1, si, chs, stride if bi == 0 else 1, tuple(expansions)))
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def _scaled(self, chs: Sequence[int]) -> tuple[int, ...]:
+        if self.width == 1.0:
+            return tuple(chs)
+        return tuple(sorted({get_divisible_by(c * self.width, 8) for c in chs}))
+
+    @property
+    def stem_choices(self) -> tuple[int, ...]:
+        return self._scaled(channel_choices(*self.stem_channels, where="stem channel range"))
+
+    # ---- points -----------------------------------------------------------------------------
+    def spec(self, point: dict[str, Any], *, name: str | None = None) -> ArchSpec:
+        """The ArchSpec of a point: ``{"resolution": r, "stem": c, "layers": [(block, channels,
+        expansion), ...]}`` with ``block`` a :data:`BLOCK_TYPES` name."""
+        self.check(point)
+        blocks = [self._block(layer, *choice) for layer, choice in zip(self.layers, point["layers"])]
+        stages = [tuple(b for layer, b in zip(self.layers, blocks) if layer.stage == s)
+                  for s in range(1, len(self.stages) + 1)]
+        return ArchSpec(name or f"{self.name}-searched", StemSpec(point["stem"], act="hswish"), tuple(stages),
+                        HeadSpec(self._scaled((self.head_channels,))[0], type="ir_pool", act="hswish",
+                                 classifier="conv"),
+                        channel_divisor=8, resolution=point["resolution"])
+
+    @staticmethod
+    def _block(layer: V2Layer, block: str, channels: int, expansion: float) -> BlockSpec:
+        _, k, se, act = next(t for t in BLOCK_TYPES if t[0] == block)
+        return BlockSpec("ir", channels, kernel=k, stride=layer.stride, expansion=float(expansion),
+                         se=SE_RATIO if se else 0.0, se_divisor=8, se_gate="hsigmoid", act=act)
+
+    def check(self, point: dict[str, Any]) -> None:
+        if point.get("resolution") not in self.resolutions:
+            raise ValueError(f"{self.name}: resolution {point.get('resolution')!r} is not one of {self.resolutions}")
+        if point.get("stem") not in self.stem_choices:
+            raise ValueError(f"{self.name}: stem channels {point.get('stem')!r} are not one of {self.stem_choices}")
+        layers = point.get("layers", ())
+        if len(layers) != len(self.layers):
+            raise ValueError(f"{self.name} needs {len(self.layers)} layer choices, got {len(layers)}")
+        names = [t[0] for t in BLOCK_TYPES]
+        for layer, (block, chs, e) in zip(self.layers, layers):
+            if block not in names:
+                raise ValueError(f"{layer.where}: block {block!r} is not one of {names}")
+            if chs not in layer.channels:
+                raise ValueError(f"{layer.where}: {chs} channels are not one of {layer.channels}")
+            if e not in layer.expansions:
+                raise ValueError(f"{layer.where}: expansion {e} is not one of {layer.expansions}")
+
+    def widest(self) -> dict[str, Any]:
+        return {"resolution": self.resolutions[0], "stem": self.stem_choices[-1],
+                "layers": [(BLOCK_TYPES[-1][0], layer.channels[-1], layer.expansions[-1]) for layer in self.layers]}
+
+    def lut_entries(self) -> int:
+        """Distinct (block type, input channels, output channels, expansion, resolution) a
+        channel-aware latency table measures: what the expectation reads."""
+        total, prev = 0, self.stem_choices
+        for layer in self.layers:
+            total += len(BLOCK_TYPES) * len(prev) * len(layer.channels) * len(layer.expansions)
+            prev = layer.channels
+        return total * len(self.resolutions)
+
+
+# ---- masks --------------------------------------------------------------------------------------
+
+def channel_mask(weights: Tensor, choices: Sequence[int], width: int) -> Tensor:
+    """``sum_i weights[i] * 1_{c_i}``: a (width,) vector whose first ``c_i`` entries receive weight i."""
+    if weights.shape != (len(choices),):
+        raise ValueError(f"{len(choices)} channel choices need {len(choices)} weights, got {tuple(weights.shape)}")
+    if max(choices) > width:
+        raise ValueError(f"channel choice {max(choices)} exceeds the block's width {width}")
+    keep = (torch.arange(width, device=weights.device)[None, :]
+            < torch.as_tensor(list(choices), device=weights.device)[:, None]).to(weights.dtype)
+    return weights @ keep
+
+
+def hidden_mask(prev_weights: Tensor, prev_choices: Sequence[int], expansion_weights: Tensor,
+                expansions: Sequence[float], width: int, divisor: int = 8) -> Tensor:
+    """The mask of a block's hidden channels: the hidden width ``get_divisible_by(c_in * e, divisor)``
+    depends on both the input channel choice and the expansion, so the mask mixes every pair,
+    ``sum_i sum_k g_prev[i] h[k] 1_{mid(c_i, e_k)}``, exactly as the derived networks build it."""
+    mids = [get_divisible_by(c * e, divisor) for c in prev_choices for e in expansions]
+    return channel_mask(torch.outer(prev_weights, expansion_weights).flatten(), mids, width)
+
+
+def _masked(x: Tensor, mask: Tensor | None) -> Tensor:
+    return x if mask is None else x * mask.view(1, -1, 1, 1)
+
+
+class MaskedIR(nn.Module):
+    """An inverted-residual block at its widest (``in_max`` -> ``mid_max`` -> ``out_max``) whose hidden
+    and output channels are masked; the squeeze-excitation's reduced width is the widest block's."""
+
+    def __init__(self, in_max: int, out_max: int, mid_max: int, *, kernel: int, stride: int, se: bool, act: str,
+                 pw: bool = True, se_reduced: int | None = None):
+        super().__init__()
+        if not pw and mid_max != in_max:
+            raise ValueError(f"a block without its 1x1 expansion conv has mid == in ({in_max}), not {mid_max}")
+        self.in_max, self.out_max, self.mid_max, self.stride = in_max, out_max, mid_max, stride
+        self.pw = ConvBNAct(in_max, mid_max, 1, act=act) if pw else None
+        self.dw = ConvBNAct(mid_max, mid_max, kernel, stride, groups=mid_max, act=act)
+        self.se_reduce = self.se_expand = None
+        if se:
+            reduced = se_reduced or get_divisible_by(mid_max * SE_RATIO, 8)
+            self.se_reduce = nn.Conv2d(mid_max, reduced, 1)
+            self.se_act = make_act(act, reduced)
+            self.se_expand = nn.Conv2d(reduced, mid_max, 1)
+            self.se_gate = make_act("hsigmoid")
+        self.pwl = ConvBNAct(mid_max, out_max, 1, act=None)
+
+    def forward(self, x: Tensor, mid_mask: Tensor | None = None, out_mask: Tensor | None = None) -> Tensor:
+        y = x if self.pw is None else _masked(self.pw(x), mid_mask)
+        y = _masked(self.dw(y), mid_mask)
+        if self.se_reduce is not None:
+            s = y.mean((2, 3), keepdim=True)
+            y = _masked(y * self.se_gate(self.se_expand(self.se_act(self.se_reduce(s)))), mid_mask)
+        y = _masked(self.pwl(y), out_mask)
+        return x + y if self.stride == 1 and self.in_max == self.out_max else y
+
+
+def narrow_block(block: MaskedIR, c_in: int, mid: int, c_out: int) -> MaskedIR:
+    """The block built at (c_in, mid, c_out) with the first channels of ``block``'s weights: what a
+    one-hot mask selects. Its squeeze-excitation keeps the widest block's reduced width."""
+    if block.stride == 1 and block.in_max == block.out_max and c_in != c_out:
+        raise ValueError(f"a residual block narrows to a residual block: input and output channels must be equal, "
+                         f"not {c_in} and {c_out}")
+    kernel = block.dw[0].kernel_size[0]
+    act = "hswish" if isinstance(block.dw[2], nn.Hardswish) else "relu"
+    small = MaskedIR(c_in, c_out, mid, kernel=kernel, stride=block.stride, se=block.se_reduce is not None, act=act,
+                     pw=block.pw is not None,
+                     se_reduced=None if block.se_reduce is None else block.se_reduce.out_channels)
+    cuts = {"pw.0.weight": (mid, c_in), "dw.0.weight": (mid,), "pwl.0.weight": (c_out, mid),
+            "se_reduce.weight": (None, mid), "se_expand.weight": (mid,), "se_expand.bias": (mid,)}
+    state = {}
+    for key, t in block.state_dict().items():
+        if key in cuts:
+            index = tuple(slice(None) if n is None else slice(0, n) for n in cuts[key])
+        elif key.startswith(("pw.1.", "dw.1.")) and t.dim() == 1:
+            index = (slice(0, mid),)
+        elif key.startswith("pwl.1.") and t.dim() == 1:
+            index = (slice(0, c_out),)
+        else:
+            index = ()
+        state[key] = t[index].clone()
+    small.load_state_dict(state)
+    return small.eval()
+
+
+# ---- resolution -----------------------------------------------------------------------------------
+
+def sample_positions(full: int, small: int) -> Tensor:
+    """The rows (or columns) of a ``full``-sided grid that a ``small``-sided map occupies:
+    ``floor(i * full / small)`` (nearest subsampling)."""
+    if not 1 <= small <= full:
+        raise ValueError(f"a {small}-sided map does not fit a {full}-sided grid")
+    return torch.div(torch.arange(small) * full, small, rounding_mode="floor")
+
+
+def subsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """The (h, w) map at the nearest-subsampled positions of an (N, C, H, W) full-grid map."""
+    rows, cols = sample_positions(x.shape[2], size[0]), sample_positions(x.shape[3], size[1])
+    return x[:, :, rows][:, :, :, cols]
+
+
+def interleave(y: Tensor, size: tuple[int, int]) -> Tensor:
+    """A small (N, C, h, w) map put back on an (H, W) grid at its sampled positions, zeros between."""
+    out = y.new_zeros(*y.shape[:2], *size)
+    rows, cols = sample_positions(size[0], y.shape[2]), sample_positions(size[1], y.shape[3])
+    out[:, :, rows[:, None], cols[None, :]] = y
+    return out
+
+
+# ---- expected latency -------------------------------------------------------------------------------
+
+def expected_latency(tables: Sequence[Tensor], stem: Tensor, head: Tensor, *, resolution: Tensor,
+                     stem_weights: Tensor, channel_weights: Sequence[Tensor], expansion_weights: Sequence[Tensor],
+                     block_weights: Sequence[Tensor]) -> Tensor:
+    """The exact expected latency of the network over its discrete choices.
+
+    ``tables[l]`` is layer l's measured latency, shape (R, B, I, J, K): resolution, block type,
+    input channel choice (the previous layer's, or the stem's), output channel choice and expansion.
+    ``stem`` is (R, S) over the stem's channel choices, ``head`` (R, J_last). The weights are each
+    layer's probabilities over its choices (Gumbel-softmax samples in the search); ``resolution`` is
+    (R,). Channel choices of consecutive layers are independent, so the expectation of a layer needs
+    only its own and its predecessor's weights."""
+    per_res = torch.einsum("rs,s->r", stem, stem_weights)
+    prev = stem_weights
+    for table, g, h, p in zip(tables, channel_weights, expansion_weights, block_weights):
+        per_res = per_res + torch.einsum("rbijk,b,i,j,k->r", table, p, prev, g, h)
+        prev = g
+    per_res = per_res + torch.einsum("rj,j->r", head, prev)
+    return per_res @ resolution

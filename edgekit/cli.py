@@ -688,6 +688,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # what the command started is stopped by then (an ssh device's agent too)
+        err.print("interrupted (Ctrl-C)", style="red", markup=False, highlight=False)
+        return 130
 
 
 if __name__ == "__main__":

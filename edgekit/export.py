@@ -34,8 +34,10 @@ from ._checks import check_count, is_count
 from .calibration.data import calibration_batch, load_dataset, preprocess, preprocessing_for, synthetic_batch
 from .calibration.ranges import method_from_name
 from .calibration.sensitivity import SensitivityReport, fallback, onnx_sensitivity, tflite_sensitivity, top1
+from .models.profile import check_fits_in_memory
 from .parity import ParityReport, compare
-from .exporters.artifact import FORMATS, Artifact, Calibration, Manifest, Preprocessing, sha256_bytes, write_artifact
+from .exporters.artifact import (FORMATS, Artifact, Calibration, Manifest, Preprocessing, check_out_dir, sha256_bytes,
+                                 write_artifacts)
 
 __all__ = ["ExportSettings", "ExportedFile", "export", "converts_in_parallel", "SQNR_FLOOR_DB"]
 
@@ -213,8 +215,7 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     ``settings.force``, or, with ``settings.max_drop``, when no mixed-precision file is within the
     allowed drop."""
     out = Path(out)
-    if not out.is_dir():
-        raise ValueError(f"output directory {out} does not exist; create it first")
+    check_out_dir(out)  # created when the files are written
     if input_size is not None or not isinstance(getattr(model, "default_cfg", None), Mapping):
         if input_size is None:
             raise ValueError(f"{name} has no default_cfg saying its input size; pass input_size=(C, H, W) (and mean / "
@@ -224,6 +225,8 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     model = model.eval()
     pre = preprocessing_for(model.default_cfg)
     c, h, w = model.default_cfg["input_size"]
+    check_fits_in_memory(model, (c, h, w), batch=REFERENCE_CHUNK,
+                         images=settings.holdout + (settings.calib_samples if "int8" in settings.precisions else 0))
     example = torch.zeros(1, c, h, w)
     background = _start_tflite_worker(model, example, settings)
     try:
@@ -234,15 +237,11 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
     finally:
         if background is not None:
             background.close()
-    written = []
-    for conv in pending:
-        manifest = _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256, source)
-        fmt, precision = conv.fmt, conv.precision
-        path = out / f"{name}-{fmt}-{precision}{EXTENSIONS[fmt]}"  # X.onnx / X.tflite + X.manifest.json
-        data = conv.exp.model_bytes
-        written.append(ExportedFile(write_artifact(path, data, manifest), conv.parity, len(data),
-                                    tuple(manifest.notes)))
-    return written
+    files = [(out / f"{name}-{conv.fmt}-{conv.precision}{EXTENSIONS[conv.fmt]}",  # X.onnx / X.tflite + X.manifest.json
+              conv.exp.model_bytes, _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256, source))
+             for conv in pending]
+    return [ExportedFile(art, conv.parity, len(data), tuple(art.manifest.notes))
+            for art, conv, (_, data, _) in zip(write_artifacts(files), pending, files)]
 
 
 def converts_in_parallel(settings: ExportSettings, example: torch.Tensor) -> bool:

@@ -1,11 +1,14 @@
 """Artifact files: manifest validation, atomic writes, corrupt or truncated files caught."""
 import json
 import os
+import subprocess
 
+import numpy as np
 import pytest
 
 from edgekit.exporters.artifact import (Calibration, Manifest, Preprocessing, TensorInfo, load_artifact,
-                                        manifest_path, sha256_bytes, write_artifact)
+                                        manifest_path, sha256_bytes, write_artifact,
+                                        write_artifacts)
 
 BYTES = b"\x00model-bytes\x01" * 100
 
@@ -81,14 +84,47 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_or_missing_directory(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        write_artifact(tmp_path / "nope" / "m.onnx", BYTES, manifest(format="onnx"))
+def test_a_missing_directory_is_created_a_file_refused_an_unwritable_one_too(tmp_path):
+    write_artifact(tmp_path / "new" / "dir" / "m.onnx", BYTES, manifest(format="onnx"))
+    assert load_artifact(tmp_path / "new" / "dir" / "m.onnx").manifest == manifest(format="onnx")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"file is a file, not a directory; pass another --out"):
+        write_artifact(tmp_path / "file" / "sub" / "m.onnx", BYTES, manifest(format="onnx"))
     if os.geteuid() != 0:  # root writes anywhere; the check is for everyone else
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         with pytest.raises(ValueError, match="not writable"):
             write_artifact(ro / "m.onnx", BYTES, manifest(format="onnx"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (mounting needs root, as the test command runs on the CI machine)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small tmpfs needs root; run `make test` as root")
+    mnt = tmp_path / "small disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True, timeout=30)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+def test_a_disk_that_fills_during_the_writes_leaves_nothing(small_disk):
+    """Four 600 kB files (an export's two formats x two precisions) for 2 MiB: three fit."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        data = rng.bytes(600_000)
+        files.append((small_disk / "out" / f"m{i}.tflite", data, manifest(file_sha256=sha256_bytes(data))))
+    with pytest.raises(ValueError) as e:
+        write_artifacts(files)
+    assert str(e.value) == (f"no space left on {small_disk / 'out'}: need about 2.4 MB; free space or choose "
+                            f"another --out")
+    assert list(small_disk.iterdir()) == []  # no file, no temporary, not the directory it made
+    (small_disk / "out").mkdir()
+    write_artifacts(files[:3])  # what fits is written, all of it
+    assert sorted(p.name for p in (small_disk / "out").iterdir()) == sorted(
+        [f"m{i}.tflite" for i in range(3)] + [f"m{i}.manifest.json" for i in range(3)])
 
 
 def test_sha_mismatch_refused(tmp_path):

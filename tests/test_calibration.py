@@ -178,6 +178,10 @@ def test_npy_sources(tmp_path):
         load_dataset(tmp_path / "nan.npy")
     with pytest.raises(ValueError, match="does not exist"):
         load_dataset(tmp_path / "missing.npy")
+    (tmp_path / "notes.npy").write_text("these are not images\n")  # a file named .npy that numpy never wrote
+    with pytest.raises(ValueError, match=r"notes.npy is not a numpy array file \(no .npy header\)") as e:
+        load_dataset(tmp_path / "notes.npy")
+    assert "pickled" not in str(e.value)
 
 
 # ---- preprocessing ---------------------------------------------------------------------------

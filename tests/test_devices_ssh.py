@@ -2,8 +2,11 @@
 host and user keys and its own sshd_config; host-key verification stays on (a known_hosts file
 built from the host key). Nothing is skipped: without /usr/sbin/sshd these tests fail and say to
 run `make test`, which installs openssh-server."""
+import contextlib
 import json
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
@@ -181,6 +184,7 @@ def test_sshd_killed_mid_run_then_the_next_run_works(srv, artifacts, home, tmp_p
     err = box["error"]
     assert err.step == "run" and err.kind == "connection" and srv.address in str(err)
     assert "lost" in str(err) or "Connection" in str(err)
+    assert _agents_left(tmp_path) == []  # the device kept running, the agent did not
     assert ResultStore().count() == 0
     # the cut-off run could not remove its work directory; the first run a day later does
     left = [p for p in Path("/tmp").glob("edgekit-run-*") if p.stat().st_mtime >= t_start]
@@ -192,6 +196,98 @@ def test_sshd_killed_mid_run_then_the_next_run_works(srv, artifacts, home, tmp_p
     m = measure(path, device=srv.address, protocol=FAST, **opts(srv, tmp_path))
     assert m.result.stats.n >= 50 and ResultStore().count() == 1
     assert not any(p.exists() for p in left)
+
+
+def _agents_left(tmp_path: Path, wait: float = 10.0) -> list[str]:
+    """Processes on the "device" (this machine) still running an agent of this test's cache, after
+    ``wait`` seconds at most."""
+    pattern = re.escape(str(tmp_path / "device cache" / "agents"))
+    deadline = time.monotonic() + wait
+    while True:
+        found = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout.splitlines()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _wait_for_agent(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    pattern = re.escape(str(tmp_path / "device cache" / "agents"))
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail("the agent never started on the device")
+        time.sleep(0.2)
+
+
+def test_ctrl_c_stops_the_agent_on_the_device_and_says_interrupted(srv, artifacts, home, tmp_path):
+    profile = tmp_path / "board.json"
+    profile.write_text(json.dumps({"python": sys.executable, "ssh_options": srv.ssh_options,
+                                   "cache_dir": str(tmp_path / "device cache")}))
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "run", str(artifacts[("tflite", "fp32")]), "--device",
+                             srv.address, "--device-profile", str(profile), "--runs", "5000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "EDGEKIT_HOME": str(home)})
+    try:
+        _wait_for_agent(tmp_path)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C)"], err
+    assert _agents_left(tmp_path, wait=0) == []  # gone when the command returns, not 40 s later
+    assert ResultStore().count() == 0
+
+
+@pytest.fixture(scope="module")
+def no_sftp(tmp_path_factory):
+    """An OpenSSH server without the sftp subsystem, as on dropbear and minimal images."""
+    server = LocalSSHD(tmp_path_factory.mktemp("sshd-no-sftp"))
+    config = server.root / "sshd_config"
+    config.write_text(config.read_text().replace("Subsystem sftp internal-sftp\n", ""))
+    assert "Subsystem" not in config.read_text()
+    yield server.start()
+    server.stop()
+
+
+def test_a_server_without_sftp_still_receives_the_files(no_sftp, artifacts, home, tmp_path):
+    path = artifacts[("tflite", "int8")]
+    m = measure(path, device=no_sftp.address, protocol=FAST, compare=True, samples=8, **opts(no_sftp, tmp_path))
+    assert m.result.conditions["transfer"]["model_uploaded"] is True and m.result.stats.n >= 50
+    local = measure(path, device="local", protocol=FAST, samples=8, store=False)
+    np.testing.assert_array_equal(m.result.outputs["output_0"], local.result.outputs["output_0"])
+    cached = tmp_path / "device cache" / "models" / f"{m.result.artifact_sha256}.tflite"
+    assert cached.read_bytes() == path.read_bytes()
+
+
+def test_a_server_that_refused_then_was_fixed_is_connected_afresh(artifacts, home, tmp_path):
+    """A server that turns every session away (a ForceCommand of maintenance), then is fixed. Its
+    session process outlives the fix (a restart keeps open connections, as systemd's sshd does), so
+    a master connection kept from the failed run would meet the old refusal for another minute."""
+    server = LocalSSHD(tmp_path / "sshd")
+    config = server.root / "sshd_config"
+    fixed = config.read_text()
+    config.write_text(fixed + "ForceCommand echo this device is in maintenance >&2; exit 1\n")
+    server.start()
+    sessions: list[int] = []
+    try:
+        path = artifacts[("tflite", "fp32")]
+        with pytest.raises(DeviceError, match="connect failed: .*this device is in maintenance"):
+            measure(path, device=server.address, protocol=FAST, **opts(server, tmp_path))
+        config.write_text(fixed)
+        sessions = descendants(server.proc.pid)  # a kept master connection's session process, if any
+        server.proc.terminate()  # the listener only: its session processes stay
+        server.proc.wait(timeout=30)
+        server.start()
+        m = measure(path, device=server.address, protocol=FAST, **opts(server, tmp_path))
+        assert m.result.stats.n >= 50
+    finally:
+        server.stop()
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):  # ended with its connection
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@ parity against PyTorch, and nothing written when anything fails."""
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +155,15 @@ def test_below_the_floor_int8_is_calibrated_again_and_the_best_kept(tmp_path, mo
 def test_cli_errors_exit_nonzero(tmp_path, edgekit_cli):
     r = cli("export", "ghostnet_05", "--out", str(tmp_path))  # once as its own process, as a user runs it
     assert r.returncode == 2 and "did you mean" in r.stderr
-    r = edgekit_cli("export", "ghostnet_0_5", "--out", str(tmp_path / "missing"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "a file").write_text("")
+    r = edgekit_cli("export", "ghostnet_0_5", "--out", str(tmp_path / "a file"))
+    assert r.returncode == 2 and "a file is a file, not a directory; pass another --out" in r.stderr
+    started = time.monotonic()
+    r = edgekit_cli("export", "ghostnet_1_0", "--resolution", "100000", "--out", str(tmp_path / "new"))
+    assert r.returncode == 2 and time.monotonic() - started < 20, r.stderr
+    assert re.search(r"input size 3x100000x100000 needs about [\d,.]+ GiB for its images and activations, and "
+                     r"[\d,.]+ GiB is available; choose a smaller --resolution", r.stderr), r.stderr
+    assert not (tmp_path / "new").exists()
     r = edgekit_cli("validate", str(tmp_path / "nothing.tflite"))
     assert r.returncode == 2 and "does not exist" in r.stderr
 

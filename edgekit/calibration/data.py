@@ -232,6 +232,9 @@ def _read_bytes(path: Path) -> bytes:
 def _load_npy(path: Path) -> Dataset:
     if not path.is_file():
         raise ValueError(f".npy file {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise ValueError(f"{path} is not a numpy array file (no .npy header); save images with np.save")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode=None)
     except (ValueError, OSError, EOFError) as e:

@@ -6,11 +6,14 @@ shell sees is built from ``shlex.quote``-d parts. Host keys are verified as ssh 
 
 A run is five steps, each named in its error: ``connect`` (check the device Python and numpy,
 make a work directory), ``upload`` (scp the agent and the model unless already cached, the request
-and the inputs), ``verify`` (sha256 of what arrived, then into the content-addressed cache
+and the inputs; a server without the sftp subsystem that today's scp speaks, as dropbear and minimal
+images, gets each file streamed over ssh into ``cat``), ``verify`` (sha256 of what arrived, then into the content-addressed cache
 ``<cache_dir>/models/<sha256>.<ext>``, or for an ONNX file with external data
 ``<cache_dir>/models/<key>/model.onnx`` beside its data files: ``ModelFile.cache_path``), ``run``
-(the agent), ``download`` (scp the outputs back).
-ControlMaster keeps one connection open for all of them and for the next runs.
+(the agent, under a guard that stops its process group when the connection closes: Ctrl-C or a
+lost connection leaves nothing running on the device), ``download`` (the outputs back, the same way).
+ControlMaster keeps one connection open for all of them and for the next runs; a failed run closes
+it, so the next one connects afresh instead of meeting what the old connection saw.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -89,6 +93,27 @@ for name, rel, want in zip(sys.argv[3::3], sys.argv[4::3], sys.argv[5::3]):
 print(json.dumps({"ok": True}))
 """
 
+# Runs on the device: the agent (argv) in its own process group, stopped when stdin reaches EOF, which
+# is when the client went away (Ctrl-C, a lost connection): SIGTERM (it reports "interrupted"), then
+# SIGKILL after a grace period.
+_GUARD = r"""
+import os, signal, subprocess, sys, threading, time
+agent = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True)
+def stop():
+    while os.read(0, 65536):
+        pass
+    os.killpg(agent.pid, signal.SIGTERM)
+    time.sleep(5)
+    os.killpg(agent.pid, signal.SIGKILL)
+threading.Thread(target=stop, daemon=True).start()
+os._exit(agent.wait())  # not sys.exit: the watching thread stays blocked in its read
+"""
+INTERRUPT_GRACE_S = 15.0  # how long Ctrl-C waits for the device to stop the agent and answer
+
+
+class _NoSftp(Exception):
+    """scp failed on a working connection: the server has no sftp subsystem."""
+
 
 def parse_ssh_address(address: str) -> tuple[str | None, str, int | None]:
     """(user, host, port) of ``ssh://[user@]host[:port]``; a bad port or empty host is an error."""
@@ -122,6 +147,7 @@ class SSHDevice(AgentDevice):
                         "ControlMaster=auto", f"ControlPath={control}/%C", "ControlPersist=60", "ServerAliveInterval=5",
                         "ServerAliveCountMax=3"]
         self.uploads: list[str] = []  # what the last run uploaded (the cache makes repeats upload no model)
+        self.stream = False  # set when the server turned scp away for want of sftp: files go through ssh
 
     @property
     def target(self) -> str:
@@ -130,19 +156,59 @@ class SSHDevice(AgentDevice):
     def _opts(self) -> list[str]:
         return [a for o in self.options for a in ("-o", o)]
 
-    def ssh(self, command: str, *, step: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-        """Run ``command`` (already quoted) on the device; a connection failure raises DeviceError."""
-        port = ["-p", str(self.port)] if self.port else []
-        argv = [self.ssh_bin, *self._opts(), *port, self.target, "--", command]
+    def ssh(self, command: str, *, step: str, timeout: float | None = None, stdin: Any = subprocess.DEVNULL,
+            stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+        """Run ``command`` (already quoted) on the device; a connection failure raises DeviceError.
+        ``stdin`` / ``stdout`` may be open binary files (a file streamed to or from the device);
+        captured output comes back as text."""
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout or self.timeout)
+            proc = subprocess.run(self._ssh_argv(command), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                                  timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired:
             raise DeviceError(self.address, step, f"no answer within {timeout or self.timeout:.0f} s") from None
-        except FileNotFoundError:
-            raise DeviceError(self.address, step, f"no ssh client {self.ssh_bin!r}; install openssh-client") from None
+        return self._checked(proc, step)
+
+    def _ssh_argv(self, command: str) -> list[str]:
+        if shutil.which(self.ssh_bin) is None:
+            raise DeviceError(self.address, "connect", f"no ssh client {self.ssh_bin!r}; install openssh-client")
+        port = ["-p", str(self.port)] if self.port else []
+        return [self.ssh_bin, *self._opts(), *port, self.target, "--", command]
+
+    def _checked(self, proc: subprocess.CompletedProcess, step: str) -> subprocess.CompletedProcess:
+        proc.stdout = proc.stdout.decode(errors="replace") if isinstance(proc.stdout, bytes) else proc.stdout
+        proc.stderr = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
         if proc.returncode == 255:
             raise DeviceError(self.address, step, self._explain(proc.stderr), kind="connection")
         return proc
+
+    def _run_agent(self, command: str) -> subprocess.CompletedProcess:
+        """Run the agent under ``_GUARD`` with a pipe as its stdin that stays open while it runs, in
+        a session of its own (the terminal's Ctrl-C comes here only). On Ctrl-C the pipe closes, the
+        guard stops the agent, and KeyboardInterrupt goes on once the device has answered."""
+        read, write = os.pipe()
+        try:
+            proc = subprocess.Popen(self._ssh_argv(command), stdin=read, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        finally:
+            os.close(read)
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise DeviceError(self.address, "run", f"no answer within {self.timeout:.0f} s") from None
+        except KeyboardInterrupt:
+            os.close(write)
+            write = -1
+            try:
+                proc.communicate(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        finally:
+            if write >= 0:
+                os.close(write)
+        return self._checked(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), "run")
 
     def _explain(self, stderr: str) -> str:
         err = stderr.strip()
@@ -168,11 +234,45 @@ class SSHDevice(AgentDevice):
             raise DeviceError(self.address, step, f"scp did not finish within {self.timeout:.0f} s") from None
         if proc.returncode != 0:
             err = proc.stderr.strip()
-            if "No space left" in err or "Disk quota" in err:
-                raise DeviceError(self.address, step, f"the device's disk is full: {err}", kind="disk-full")
-            if proc.returncode == 255 or "lost connection" in err or "Connection" in err:
-                raise DeviceError(self.address, step, self._explain(err), kind="connection")
+            self._refuse_full(err, step)
+            if proc.returncode == 255 or "lost connection" in err:
+                self.ssh("true", step=step)  # a lost connection raises here; a working one had no sftp
+                raise _NoSftp(err)
             raise DeviceError(self.address, step, f"scp failed (exit {proc.returncode}): {err or 'no message'}")
+
+    def _refuse_full(self, err: str, step: str) -> None:
+        if "No space left" in err or "Disk quota" in err:
+            raise DeviceError(self.address, step, f"the device's disk is full: {err}", kind="disk-full")
+
+    def _upload(self, files: list[Path], work: str) -> None:
+        """``files`` into the device's ``work`` directory: scp, or streamed into ``cat`` on a server
+        without sftp."""
+        if not self.stream:
+            try:
+                return self._scp([str(f) for f in files], self._remote(work + "/"), step="upload")
+            except _NoSftp:
+                self.stream = True
+        for f in files:
+            with open(f, "rb") as src:
+                self._streamed(f"cat > {shlex.quote(f'{work}/{f.name}')}", f.name, step="upload", stdin=src)
+
+    def _download(self, names: list[str], work: str, dest: Path) -> None:
+        if not self.stream:
+            try:
+                return self._scp([self._remote(f"{work}/{n}") for n in names], str(dest) + "/", step="download")
+            except _NoSftp:
+                self.stream = True
+        for name in names:
+            with open(dest / name, "wb") as out:
+                self._streamed(f"cat {shlex.quote(f'{work}/{name}')}", name, step="download", stdout=out)
+
+    def _streamed(self, command: str, name: str, *, step: str, **files: Any) -> None:
+        proc = self.ssh(command, step=step, **files)
+        if proc.returncode != 0:
+            err = proc.stderr.strip()
+            self._refuse_full(err, step)
+            raise DeviceError(self.address, step, f"copying {name} failed (exit {proc.returncode}): "
+                                                  f"{err or 'no message'}")
 
     def _remote(self, path: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -207,14 +307,18 @@ class SSHDevice(AgentDevice):
                 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
         agent_sha = sha256_file(AGENT_PATH)
         files = [*model.cache_files(), (AGENT_PATH, agent_sha, f"agents/{agent_sha}.py")]
-        info = self._connect([rel for _, _, rel in files])
-        work, cache = info["work"], info["cache"]
         try:
-            with tempfile.TemporaryDirectory(prefix="edgekit-ssh-") as tmp:
-                return self._in_workdir(Path(tmp), work, cache, model, request, inputs,
-                                        missing=[f for f in files if f[2] not in info["have"]], agent_sha=agent_sha)
-        finally:
-            self._cleanup(work)
+            info = self._connect([rel for _, _, rel in files])
+            work, cache = info["work"], info["cache"]
+            try:
+                with tempfile.TemporaryDirectory(prefix="edgekit-ssh-") as tmp:
+                    return self._in_workdir(Path(tmp), work, cache, model, request, inputs, agent_sha=agent_sha,
+                                            missing=[f for f in files if f[2] not in info["have"]])
+            finally:
+                self._cleanup(work)
+        except BaseException:
+            self.close()  # the next run connects afresh, not through what this connection saw
+            raise
 
     def _in_workdir(self, tmp: Path, work: str, cache: str, model: ModelFile, request: dict[str, Any],
                     inputs: Inputs, *, missing: list[tuple[Path, str, str]], agent_sha: str):
@@ -231,15 +335,15 @@ class SSHDevice(AgentDevice):
         (tmp / "request.json").write_text(json.dumps(request))
         uploads.append(str(tmp / "request.json"))
         self.uploads = [rel for _, _, rel in missing] + [Path(u).name for u in uploads[len(missing):]]
-        self._scp(uploads, self._remote(work + "/"), step="upload")
+        self._upload([Path(u) for u in uploads], work)
         if checks:
             proc = self._python(_INSTALL, work, cache, *checks, step="verify")
             parse_agent_output(self.address, "verify", proc.stdout, proc.stderr, proc.returncode)
-        cmd = f"cd {shlex.quote(work)} && exec {shlex.quote(self.python)} {shlex.quote(cache + '/agents/' + agent_sha + '.py')} request.json"
-        proc = self.ssh(cmd, step="run")
+        agent = [self.python, "-c", _GUARD, self.python, f"{cache}/agents/{agent_sha}.py", "request.json"]
+        proc = self._run_agent(f"cd {shlex.quote(work)} && exec {' '.join(map(shlex.quote, agent))}")
         result = parse_agent_output(self.address, "run", proc.stdout, proc.stderr, proc.returncode)
         wanted = ["outputs.npz"] + (["outputs.inputs.npz"] if inputs is None else [])
-        self._scp([self._remote(f"{work}/{w}") for w in wanted], str(tmp) + "/", step="download")
+        self._download(wanted, work, tmp)
         files = {"outputs": load_npz(tmp / "outputs.npz")}
         if inputs is None:
             files["inputs"] = load_npz(tmp / "outputs.inputs.npz")
@@ -257,6 +361,8 @@ class SSHDevice(AgentDevice):
 
     def close(self) -> None:
         """Stop the shared master connection now instead of after ControlPersist's 60 s."""
+        if shutil.which(self.ssh_bin) is None:  # nothing was ever connected
+            return
         port = ["-p", str(self.port)] if self.port else []
         subprocess.run([self.ssh_bin, *self._opts(), *port, "-O", "exit", self.target], capture_output=True,
                        timeout=30)

@@ -42,6 +42,13 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _command(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # the process ended while we looked
+        return None
+
+
 def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -111,10 +118,12 @@ class LocalSSHD:
         raise RuntimeError(f"sshd did not listen on 127.0.0.1:{self.port} within {timeout} s")
 
     def kill(self) -> None:
-        """SIGKILL sshd and every session it started (the agent too): a dropped connection."""
+        """SIGKILL sshd and its session processes: every connection drops at once, while what they
+        started (the agent) is left running, as on a board whose network went away."""
         if self.proc is None:
             return
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+        sessions = [pid for pid in descendants(self.proc.pid) if _command(pid) == "sshd"]
+        for pid in [self.proc.pid, *sessions]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:  # already gone

@@ -4,22 +4,23 @@ The manifest says everything a device needs to feed the file and everything a re
 it: model name, ArchSpec and weights hash; format; precision (``fp32``, ``int8`` = integer weights
 AND activations, ``int8-weights`` = dynamic range, ``mixed`` with the float layers); inputs and
 outputs (name, shape, dtype, layout, scale / zero point); preprocessing; calibration; tool versions;
-the model file's sha256. Both files are written to a temporary name and renamed, so a failed export
-leaves nothing half-written.
+the model file's sha256. All files of an export are written under temporary names and renamed only
+when all are written, so a failed export (a full disk) leaves nothing.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["FORMATS", "PRECISIONS", "TensorInfo", "Preprocessing", "Calibration", "Manifest", "Artifact",
-           "sha256_file", "sha256_bytes", "atomic_write_bytes", "write_artifact", "load_artifact", "manifest_path"]
+           "sha256_file", "sha256_bytes", "atomic_write_bytes", "check_out_dir", "write_artifact", "write_artifacts", "load_artifact", "manifest_path"]
 
 SCHEMA_VERSION = 1
 FORMATS = ("onnx", "tflite")
@@ -215,6 +216,17 @@ def manifest_path(model_path: str | os.PathLike) -> Path:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, rename over ``path``."""
     path = Path(path)
+    tmp = _temp_copy(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _temp_copy(path: Path, data: bytes) -> Path:
+    """``data`` in a temporary file beside ``path`` (fsynced), to be renamed over it; nothing stays
+    when writing fails."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
@@ -224,10 +236,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Refuse an output directory that cannot be one: a file, or a missing one whose nearest
+    existing parent is not a writable directory (a missing one is created when files are written)."""
+    out = Path(out)
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"output directory {out}: {parent} is a file, not a directory; pass another --out")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"output directory {parent} is not writable; pass another --out")
 
 
 @dataclass(frozen=True)
@@ -241,24 +264,44 @@ class Artifact:
 
 
 def write_artifact(path: str | os.PathLike, model_bytes: bytes, manifest: Manifest) -> Artifact:
-    """Write the model file and its manifest, each atomically; the manifest goes last, so a
-    manifest on disk always describes a complete model file. On failure neither is left behind."""
-    path = Path(path)
-    if manifest.file_sha256 != sha256_bytes(model_bytes):
-        raise ValueError("manifest file_sha256 does not match the model bytes being written")
-    if not path.parent.is_dir():
-        raise ValueError(f"output directory {path.parent} does not exist; create it or pass another --out")
-    if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"output directory {path.parent} is not writable; pass another --out")
-    mpath = manifest_path(path)
+    """Write one model file and its manifest (see ``write_artifacts``)."""
+    return write_artifacts([(Path(path), model_bytes, manifest)])[0]
+
+
+def write_artifacts(files: Sequence[tuple[Path, bytes, Manifest]]) -> list[Artifact]:
+    """Write every (path, model bytes, manifest) under temporary names, and rename them only when
+    all are written, manifests last: a manifest on disk always describes a complete model file, and
+    a failure (a full disk) leaves none of them, nor a directory this call created."""
+    texts = []
+    for path, data, manifest in files:
+        if manifest.file_sha256 != sha256_bytes(data):
+            raise ValueError(f"manifest file_sha256 of {path.name} does not match the model bytes being written")
+        texts.append((manifest_path(path), (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()))
+    pending = [(Path(path), data) for path, data, _ in files] + texts
+    for folder in {p.parent for p, _ in pending}:
+        check_out_dir(folder)
+    created = {d for folder in {p.parent for p, _ in pending} for d in (folder, *folder.parents) if not d.exists()}
+    temps: list[Path] = []
+    renamed: list[Path] = []
     try:
-        atomic_write_bytes(path, model_bytes)
-        atomic_write_bytes(mpath, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        mpath.unlink(missing_ok=True)
+        for folder in created:
+            folder.mkdir(parents=True, exist_ok=True)
+        for p, data in pending:
+            temps.append(_temp_copy(p, data))
+        for tmp, (path, _) in zip(temps, pending):
+            os.replace(tmp, path)
+            renamed.append(path)
+    except BaseException as e:
+        for written in [*temps, *renamed]:
+            written.unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda d: len(d.parts), reverse=True):
+            folder.rmdir()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = sum(len(data) for _, data in pending) / 1e6
+            raise ValueError(f"no space left on {pending[0][0].parent}: need about {need:.1f} MB; free space or "
+                             f"choose another --out") from None
         raise
-    return Artifact(path, manifest)
+    return [Artifact(Path(path), manifest) for path, _, manifest in files]
 
 
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:

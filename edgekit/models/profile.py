@@ -11,13 +11,15 @@ computed, so profiling EfficientNet-B7 at 600x600 costs milliseconds.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["Profile", "StageProfile", "count_params", "profile_model", "profile_name"]
+__all__ = ["Profile", "StageProfile", "count_params", "profile_model", "profile_name", "peak_activation_bytes",
+           "available_memory", "check_fits_in_memory"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,51 @@ def profile_name(name: str, **overrides) -> Profile:
         model = create_model(name, **overrides)
     c, h, w = model.default_cfg["input_size"]
     return profile_model(model, (1, c, h, w), device="meta")
+
+
+def peak_activation_bytes(model: nn.Module, input_shape: Iterable[int]) -> int:
+    """The largest input + output of any one layer for an input of ``input_shape`` (float32), from a
+    pass on the meta device (shapes only: nothing is allocated). A network the meta device cannot
+    run (data-dependent code) is bounded by its input alone."""
+    input_shape = tuple(int(v) for v in input_shape)
+    peak = [4 * math.prod(input_shape)]
+
+    def size(module, args, out):
+        tensors = [t for t in (*args, out) if isinstance(t, torch.Tensor)]
+        peak[0] = max(peak[0], sum(4 * t.numel() for t in tensors))
+
+    handles = [m.register_forward_hook(size) for m in model.modules() if not list(m.children())]
+    state = {k: v.to("meta") for k, v in (*model.named_parameters(), *model.named_buffers())}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, state, (torch.empty(input_shape, device="meta"),))
+    except (RuntimeError, NotImplementedError, TypeError):  # the input bound stands
+        return 4 * math.prod(input_shape)
+    finally:
+        for h in handles:
+            h.remove()
+    return peak[0]
+
+
+def available_memory() -> int:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits_in_memory(model: nn.Module, input_size: Iterable[int], *, images: int, batch: int) -> None:
+    """Refuse an input size whose ``images`` stacked inputs plus a ``batch`` of one layer's input
+    and output cannot fit in the available memory, before anything of that size is allocated."""
+    shape = tuple(int(v) for v in input_size)
+    need = images * 4 * math.prod(shape) + batch * peak_activation_bytes(model, (1, *shape))
+    have = available_memory()
+    if need > have:
+        raise ValueError(f"input size {'x'.join(map(str, shape))} needs about {need / 2**30:,.1f} GiB for its "
+                         f"images and activations, and {have / 2**30:,.1f} GiB is available; choose a smaller "
+                         f"--resolution (or --input-size)")
 
 
 def human(n: float) -> str:

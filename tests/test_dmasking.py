@@ -151,3 +151,51 @@ def test_bad_ranges_and_points_are_refused():
         space.spec(point)
     with pytest.raises(ValueError, match="resolutions .* must lie in"):
         FBNetV2Space(resolution=32, resolutions=(64,))
+
+
+@pytest.mark.parametrize("kind", [t[0] for t in BLOCK_TYPES])
+def test_a_one_hot_block_type_is_that_block(kind):
+    """The mixed layer (5x5 depthwise, SE, both activations in one set of weights) with a one-hot
+    block type computes that block: a 3x3 kernel from the centre taps, no SE or an SE gate,
+    ReLU or h-swish."""
+    from edgekit.nas.dmasking import MixedIR
+
+    _, k, se, act = next(t for t in BLOCK_TYPES if t[0] == kind)
+    mixed = _randomised(MixedIR(16, 24, 48, stride=2, pw=True), 3)
+    plain = MaskedIR(16, 24, 48, kernel=k, stride=2, se=se, act=act, se_reduced=mixed.se_reduce.out_channels).eval()
+    state = {key: t for key, t in mixed.state_dict().items() if key in plain.state_dict()}
+    if k == 3:
+        state["dw.0.weight"] = mixed.dw[0].weight[..., 1:4, 1:4]
+    plain.load_state_dict(state)
+    p = torch.tensor([1.0 if t[0] == kind else 0.0 for t in BLOCK_TYPES])
+    x = torch.randn(2, 16, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x, p), plain(x), rtol=0, atol=1e-5)
+
+
+def test_a_one_hot_resolution_is_the_supernet_run_at_that_resolution():
+    """The supernet on the full grid with the resolution weight on 24 px (subsample, run, interleave
+    at every layer) gives the logits of the same weights run on the 24 px subsampled input."""
+    from edgekit.nas.dmasking import SuperNetV2
+
+    space = FBNetV2Space(resolution=32, resolutions=(32, 24), width=0.5, in_chans=1, num_classes=10)
+    alone = FBNetV2Space(resolution=24, resolutions=(24,), width=0.5, in_chans=1, num_classes=10)
+    torch.manual_seed(0)
+    net = _randomised(SuperNetV2(space), 4)
+    same = SuperNetV2(alone).eval()
+    same.load_state_dict(net.state_dict())
+
+    def arch(res):
+        def soft(n):
+            return torch.softmax(torch.randn(n), 0)
+        return {"resolution": res, "stem": soft(len(space.stem_choices)),
+                "block": [soft(len(BLOCK_TYPES)) for _ in space.layers],
+                "channels": [soft(len(layer.channels)) for layer in space.layers],
+                "expansion": [soft(len(layer.expansions)) for layer in space.layers]}
+    torch.manual_seed(1)
+    a = arch(torch.tensor([0.0, 1.0]))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        full = net(x, a)
+        direct = same(subsample(x, (24, 24)), {**a, "resolution": torch.tensor([1.0])})
+    torch.testing.assert_close(full, direct, rtol=0, atol=1e-5)

@@ -27,6 +27,12 @@ type ``b``, all at the network's resolution choice, read from a table measured o
 those discrete configurations (``expected_latency``). Latency steps with the channel count on real
 kernels, so a table read at a fractional "effective" width would be wrong.
 
+The supernet (:class:`SuperNetV2`) holds every layer once at its widest (:class:`MixedIR`: a 5x5
+depthwise kernel whose centre is the 3x3 choice, the SE gate and both activations mixed by the
+block-type weights' marginals), so its memory is about the widest network's, whatever the number of
+choices. What is here is the space, the supernet's forward and the latency expectation; the search
+loop on a device-measured channel-aware table is not built yet.
+
 >>> space = FBNetV2Space(resolution=32, resolutions=(32, 24), width=0.25, in_chans=1, num_classes=10)
 >>> len(space.layers), space.lut_entries() > 0
 (19, True)
@@ -42,11 +48,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_count
-from ..models.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec
+from ..models.arch import ArchSpec, BlockSpec, ClassifierHead, HeadSpec, StemSpec
 from ..models.fbnet import get_divisible_by
 from ..models.layers import ConvBNAct, make_act
 
-__all__ = ["BLOCK_TYPES", "FBNetV2Space", "V2Layer", "MaskedIR", "channel_choices", "channel_mask",
+__all__ = ["BLOCK_TYPES", "FBNetV2Space", "V2Layer", "MaskedIR", "MixedIR", "SuperNetV2", "channel_choices", "channel_mask",
            "expected_latency", "hidden_mask", "interleave", "narrow_block", "sample_positions", "subsample"]
 
 # (name, kernel, squeeze-excitation, activation)
@@ -312,3 +318,95 @@ def expected_latency(tables: Sequence[Tensor], stem: Tensor, head: Tensor, *, re
         prev = g
     per_res = per_res + torch.einsum("rj,j->r", head, prev)
     return per_res @ resolution
+
+
+# ---- the supernet ---------------------------------------------------------------------------------
+
+class MixedIR(MaskedIR):
+    """A layer's every block type in one set of weights: the depthwise kernel is 5x5, a 3x3 choice
+    uses its centre (``p(k3)`` of the weight masked to it), the squeeze-excitation's gate is mixed
+    with 1 by ``p(se)``, and the activations are ``p(relu) relu + p(hswish) hswish`` of the same
+    pre-activation. A one-hot choice computes that block type exactly; soft weights mix the
+    marginals of kernel, SE and activation."""
+
+    def __init__(self, in_max: int, out_max: int, mid_max: int, *, stride: int, pw: bool):
+        super().__init__(in_max, out_max, mid_max, kernel=5, stride=stride, se=True, act="relu", pw=pw)
+        centre = torch.zeros(1, 1, 5, 5)
+        centre[..., 1:4, 1:4] = 1.0
+        self.register_buffer("centre", centre, persistent=False)
+
+    @staticmethod
+    def marginals(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(p(kernel 3), p(SE), p(h-swish)) of a distribution over :data:`BLOCK_TYPES`."""
+        k3 = sum(p[i] for i, t in enumerate(BLOCK_TYPES) if t[1] == 3)
+        se = sum(p[i] for i, t in enumerate(BLOCK_TYPES) if t[2])
+        hs = sum(p[i] for i, t in enumerate(BLOCK_TYPES) if t[3] == "hswish")
+        return k3, se, hs
+
+    @staticmethod
+    def _act(y: Tensor, hs: Tensor) -> Tensor:
+        """The activations mixed on one pre-activation: ``(1 - p(hswish)) relu + p(hswish) hswish``."""
+        return (1 - hs) * torch.relu(y) + hs * nn.functional.hardswish(y)
+
+    def forward(self, x: Tensor, p: Tensor, mid_mask: Tensor | None = None,  # type: ignore[override]
+                out_mask: Tensor | None = None) -> Tensor:
+        k3, se, hs = self.marginals(p)
+        y = x if self.pw is None else _masked(self._act(self.pw[1](self.pw[0](x)), hs), mid_mask)
+        conv = self.dw[0]
+        weight = conv.weight * (k3 * self.centre + (1 - k3))  # a 3x3 choice keeps the centre taps
+        y = nn.functional.conv2d(y, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        y = _masked(self._act(self.dw[1](y), hs), mid_mask)
+        gate = self.se_gate(self.se_expand(self._act(self.se_reduce(y.mean((2, 3), keepdim=True)), hs)))
+        y = _masked(y * (se * gate + (1 - se)), mid_mask)
+        y = _masked(self.pwl(y), out_mask)
+        return x + y if self.stride == 1 and self.in_max == self.out_max else y
+
+
+def _side(side: int, stride: int) -> int:
+    return -(-side // stride)  # a padded conv: ceil(side / stride)
+
+
+class SuperNetV2(nn.Module):
+    """The ``fbnet-v2`` supernet: every layer one :class:`MixedIR` at its widest, channel and
+    hidden masks from the architecture weights, and each searched resolution run on the full grid
+    by subsample and interleave; the logits of the resolutions are weighted and summed."""
+
+    def __init__(self, space: FBNetV2Space):
+        super().__init__()
+        self.space = space
+        stem_max = space.stem_choices[-1]
+        self.stem = ConvBNAct(space.in_chans, stem_max, 3, 2, act="hswish")
+        blocks, prev = [], stem_max
+        for layer in space.layers:
+            mid = prev if layer.expansions == (1.0,) else get_divisible_by(prev * max(layer.expansions), 8)
+            blocks.append(MixedIR(prev, layer.channels[-1], mid, stride=layer.stride,
+                                  pw=layer.expansions != (1.0,)))
+            prev = layer.channels[-1]
+        self.blocks = nn.ModuleList(blocks)
+        self.head = ClassifierHead(HeadSpec(space._scaled((space.head_channels,))[0], type="ir_pool", act="hswish",
+                                            classifier="conv"), prev, space.num_classes, bn_eps=1e-5, bn_momentum=0.1)
+
+    def forward(self, x: Tensor, arch: dict[str, Tensor]) -> Tensor:
+        """``arch``: ``resolution`` (R,), ``stem`` (S,), and per layer ``block`` (8,), ``channels`` and
+        ``expansion`` weight vectors (Gumbel-softmax samples in a search). Every layer runs once per
+        resolution on the subsampled map and the interleaved results are summed with the
+        resolution weights (the paper's relaxation: with one-hot weights, exactly the network at
+        that resolution)."""
+        space, w = self.space, arch["resolution"]
+        full = _side(space.resolution, 2)
+        sides = [_side(r, 2) for r in space.resolutions]
+        y = sum(w[i] * interleave(self.stem(subsample(x, (r, r))), (full, full))
+                for i, r in enumerate(space.resolutions))
+        y = _masked(y, channel_mask(arch["stem"], space.stem_choices, self.stem.out_channels))
+        prev_w, prev_choices = arch["stem"], space.stem_choices
+        for layer, block, p, g, h in zip(space.layers, self.blocks, arch["block"], arch["channels"],
+                                         arch["expansion"]):
+            out_mask = channel_mask(g, layer.channels, block.out_max)
+            mid_mask = None if block.pw is None else hidden_mask(prev_w, prev_choices, h, layer.expansions,
+                                                                block.mid_max)
+            full = _side(full, layer.stride)
+            small = [(s, _side(s, layer.stride)) for s in sides]
+            y = sum(w[i] * interleave(block(subsample(y, (s, s)), p, mid_mask, out_mask), (full, full))
+                    for i, (s, _) in enumerate(small))
+            sides, prev_w, prev_choices = [o for _, o in small], g, layer.channels
+        return sum(w[i] * self.head(subsample(y, (s, s))) for i, s in enumerate(sides))

@@ -199,3 +199,16 @@ def test_a_one_hot_resolution_is_the_supernet_run_at_that_resolution():
         full = net(x, a)
         direct = same(subsample(x, (24, 24)), {**a, "resolution": torch.tensor([1.0])})
     torch.testing.assert_close(full, direct, rtol=0, atol=1e-5)
+
+
+def test_points_round_trip_through_archspecs_and_the_space_through_its_record():
+    space = FBNetV2Space(resolution=64, resolutions=(64, 48, 32), width=0.5, in_chans=1, num_classes=10)
+    for seed in range(5):
+        point = space.sample(seed)
+        assert space.spec_to_point(space.spec(point)) == point
+    assert FBNetV2Space.from_dict(space.to_dict()) == space
+    other = space.spec(space.sample(0)).replace(resolution=40)
+    with pytest.raises(ValueError, match=r"resolution 40 is not one of \(64, 48, 32\)"):
+        space.spec_to_point(other)
+    with pytest.raises(ValueError, match="unknown field"):
+        FBNetV2Space.from_dict({**space.to_dict(), "depth": 3})

@@ -39,8 +39,10 @@ loop on a device-measured channel-aware table is not built yet.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -174,6 +176,52 @@ class FBNetV2Space:
                 raise ValueError(f"{layer.where}: {chs} channels are not one of {layer.channels}")
             if e not in layer.expansions:
                 raise ValueError(f"{layer.where}: expansion {e} is not one of {layer.expansions}")
+
+    def sample(self, seed: int | random.Random | None = None) -> dict[str, Any]:
+        """A uniformly random point, reproducible from ``seed``."""
+        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        return {"resolution": rng.choice(self.resolutions), "stem": rng.choice(self.stem_choices),
+                "layers": [(rng.choice(BLOCK_TYPES)[0], rng.choice(layer.channels), rng.choice(layer.expansions))
+                           for layer in self.layers]}
+
+    def spec_to_point(self, spec: ArchSpec) -> dict[str, Any]:
+        """The point ``spec`` is, or a ValueError naming the first part outside the space."""
+        blocks = spec.blocks
+        if len(blocks) != len(self.layers):
+            raise ValueError(f"{spec.name!r} has {len(blocks)} blocks, {self.name} has {len(self.layers)} layers")
+        layers = []
+        for layer, b in zip(self.layers, blocks):
+            kind = next((t[0] for t in BLOCK_TYPES if (t[1], t[2], t[3]) == (b.kernel, b.se > 0, b.act)), None)
+            if b.type != "ir" or kind is None or self._block(layer, kind, b.out_channels, b.expansion) != b:
+                raise ValueError(f"{spec.name!r}: {layer.where} is not a block of {self.name}: {b}")
+            layers.append((kind, b.out_channels, b.expansion))
+        point = {"resolution": spec.resolution, "stem": spec.stem.channels, "layers": layers}
+        self.check(point)
+        if self.spec(point, name=spec.name) != spec:
+            raise ValueError(f"{spec.name!r}: stem, head or settings differ from {self.name}'s")
+        return point
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "resolution": self.resolution, "resolutions": list(self.resolutions),
+                "width": self.width, "in_chans": self.in_chans, "num_classes": self.num_classes,
+                "stem_channels": list(self.stem_channels), "head_channels": self.head_channels,
+                "stages": [[list(rng), depth, stride, list(ex)] for rng, depth, stride, ex in self.stages]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FBNetV2Space":
+        d = dict(d)
+        if d.pop("name", "fbnet-v2") != "fbnet-v2":
+            raise ValueError(f"not an fbnet-v2 space record: {d!r}")
+        allowed = {f.name for f in dataclasses.fields(cls) if f.init} - {"name"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(f"space record has unknown field(s) {unknown}; valid fields: {sorted(allowed)}")
+        if "stages" in d:
+            d["stages"] = tuple((tuple(rng), depth, stride, tuple(ex)) for rng, depth, stride, ex in d["stages"])
+        for key in ("resolutions", "stem_channels"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
 
     def widest(self) -> dict[str, Any]:
         return {"resolution": self.resolutions[0], "stem": self.stem_choices[-1],

@@ -593,6 +593,8 @@ def _manifest(name: str, model: nn.Module, conv: _Converted, pre: Preprocessing,
         notes.append("calibrated on SYNTHETIC data: the int8 ranges do not come from real images")
     if extras.note:
         notes.append(extras.note)
+    if conv.parity.warning:
+        notes.append(conv.parity.warning)
     if calibration is not None and extras.calibration_method:
         method = extras.calibration_method
         calibration = replace(calibration, method=method, details=method_from_name(method).to_dict())

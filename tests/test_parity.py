@@ -1,6 +1,7 @@
 """Parity metrics against hand-computed values, failure messages, NaN handling."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -153,3 +154,23 @@ def test_low_top1_at_a_high_sqnr_warns_and_a_normal_case_does_not():
     assert compare(np.arange(4.0), np.arange(4.0) + 1e-3).centered_sqnr_db is None   # not logits
     assert compare(REF, np.full((2, 2), np.nan)).warning is None                    # NaN says it already
 
+
+
+@pytest.mark.slow
+def test_fp32_refusal_says_when_the_network_amplifies_float_rounding(tmp_path):
+    """fbnetv3_d with random weights: its ONNX fp32 file is ~20 dB from PyTorch on Fashion-MNIST at 96 px,
+    and so is PyTorch's own float32 from float64 (a deep random network is chaotic): the refusal says
+    it is the network, not the converter, with both figures."""
+    from edgekit import create_model
+    from edgekit.export import ExportSettings, export
+
+    torch.manual_seed(0)
+    model = create_model("fbnetv3_d", resolution=96).eval()
+    with pytest.raises(ValueError) as e:
+        export(model, name="d", out=tmp_path, settings=ExportSettings(formats=("onnx",), precisions=("fp32",),
+                                                                      holdout=32, parallel=False))
+    last = str(e.value).splitlines()[-1]
+    assert last.startswith("PyTorch's own float32 output is ") and "the network amplifies float rounding" in last
+    own, file = (float(v) for v in re.findall(r"([\d.]+) dB", last))
+    assert own < 60 and file >= own - 15
+    assert not list(tmp_path.iterdir())

@@ -176,7 +176,8 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
     for f in files:
         m, p = f.artifact.manifest, f.parity
         agree = "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.1f} %"
-        table.add_row(f.artifact.path.name, m.format, m.precision, human(f.size_bytes) + "B", f"{p.sqnr_db:.1f}",
+        sqnr = f"{p.sqnr_db:.1f}" + (" (see note)" if p.warning else "")
+        table.add_row(f.artifact.path.name, m.format, m.precision, human(f.size_bytes) + "B", sqnr,
                       f"{p.cosine:.5f}", agree)
     out.print(table)
     for f in files:
@@ -226,6 +227,8 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     else:
         line += "; no PyTorch weights recorded, so no reference accuracy"
     out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if report.parity is not None and report.parity.warning:
+        out.print(f"warning: {report.parity.warning}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -366,6 +369,8 @@ def _print_run(m, out: Console) -> None:
     if m.parity:
         for name, rep in m.parity.items():
             say(f"  parity {name}: {rep.format()}")
+            if rep.warning:
+                say(f"  warning ({name}): {rep.warning}")
     else:
         say(f"  parity: {m.parity_note}")
     for note in r.notes:

@@ -6,6 +6,12 @@
 >>> rep.top1_agreement, round(rep.max_abs, 6)
 (1.0, 0.01)
 >>> rep.check(min_sqnr_db=30, min_cosine=0.999)   # passes silently; raises ParityError with a diff otherwise
+
+The SQNR of logits can mislead: when every class's logit carries one large common offset (an
+untrained network's logits are nearly constant across classes), that offset is most of the signal
+and a file can keep 48 dB while its arg-max disagrees on every sample. ``centered_sqnr_db`` is the
+SQNR with each sample's mean over classes removed (what decides top-1), and ``warning`` says when
+the plain SQNR is not meaningful.
 """
 from __future__ import annotations
 
@@ -15,7 +21,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["ParityReport", "ParityError", "compare"]
+__all__ = ["ParityReport", "ParityError", "compare", "MEAN_GAP_DB", "CENTERED_OK_DB", "LOW_TOP1", "TOP1_SQNR_DB"]
+
+# The plain SQNR of logits overstates what decides top-1 when removing each sample's mean over classes
+# lowers it by this much: then at least 90 % of the logits' power is an offset common to all classes.
+# Said only while the SQNR without that offset is below CENTERED_OK_DB (above it, the class differences
+# are reproduced closely whatever the offset: an fp32 file's rounding).
+MEAN_GAP_DB = 10.0
+CENTERED_OK_DB = 40.0
+# At TOP1_SQNR_DB or more (noise power 1 % of the signal's; export's int8 floor) an arg-max flips only
+# where two classes are nearly tied: when fewer than LOW_TOP1 of the samples agree, most are.
+TOP1_SQNR_DB = 20.0
+LOW_TOP1 = 0.5
 
 
 class ParityError(AssertionError):
@@ -32,8 +49,11 @@ class ParityReport:
     ``top1_agreement`` = share of samples whose arg-max agrees and ``top5_agreement`` = share whose
     reference arg-max is among the candidate's 5 largest — only for (N, classes) logits (top-5 needs
     more than 5 classes), else None; ``worst`` = (index, reference value, candidate value) of the
-    largest absolute error. If either side has NaN / Inf, the float metrics are NaN, the counts say
-    how many, ``worst`` points at the first one, and ``check`` always fails.
+    largest absolute error; ``centered_sqnr_db`` = the SQNR of logits with each sample's mean over
+    classes removed from both sides (what decides top-1; None when not logits), and ``warning`` says
+    when the plain SQNR is not meaningful (see ``MEAN_GAP_DB``, ``LOW_TOP1``). If either side has
+    NaN / Inf, the float metrics are NaN, the counts say how many, ``worst`` points at the first one,
+    and ``check`` always fails.
     """
 
     n: int
@@ -47,10 +67,35 @@ class ParityReport:
     worst: tuple[tuple[int, ...], float, float]
     nonfinite_reference: int = 0
     nonfinite_candidate: int = 0
+    centered_sqnr_db: float | None = None
 
     @property
     def finite(self) -> bool:
         return self.nonfinite_reference == 0 and self.nonfinite_candidate == 0
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the SQNR of these logits is not meaningful (else None): most of their power is
+        an offset common to all classes, or top-1 agrees on few samples although the SQNR is high.
+
+        >>> ref = 100.0 + np.array([[0.0, 0.01, 0.02], [0.02, 0.0, 0.01]])   # offset 100, tiny class differences
+        >>> compare(ref, ref[:, ::-1]).warning.split(":")[0]
+        'SQNR 77.8 dB is not meaningful for these logits'
+        """
+        if self.centered_sqnr_db is None or not self.finite:
+            return None
+        gap = self.sqnr_db - self.centered_sqnr_db
+        if gap >= MEAN_GAP_DB and self.centered_sqnr_db < CENTERED_OK_DB:
+            why = (f"with each sample's mean over classes removed (what decides top-1) it is "
+                   f"{self.centered_sqnr_db:.1f} dB: most of their power is an offset common to all classes")
+        elif self.top1_agreement < LOW_TOP1 and self.sqnr_db >= TOP1_SQNR_DB:
+            why = (f"top-1 agrees on only {self.top1_agreement:.1%} of {self.n} samples: the class differences "
+                   f"that decide it are below the noise")
+        else:
+            return None
+        return (f"SQNR {self.sqnr_db:.1f} dB is not meaningful for these logits: {why} (as in an untrained "
+                f"network); judge the file by its top-1 agreement ({self.top1_agreement:.1%}) or its accuracy on "
+                f"labelled images (edgekit validate), with trained weights")
 
     def check(self, *, min_sqnr_db: float | None = None, min_cosine: float | None = None,
               min_top1: float | None = None) -> None:
@@ -116,7 +161,8 @@ class ParityReport:
                 "mean_abs": _json(self.mean_abs), "cosine": _json(self.cosine), "sqnr_db": _json(self.sqnr_db),
                 "top1_agreement": _json(self.top1_agreement), "top5_agreement": _json(self.top5_agreement),
                 "worst": {"index": list(idx), "reference": _json(r), "candidate": _json(c)},
-                "nonfinite_reference": self.nonfinite_reference, "nonfinite_candidate": self.nonfinite_candidate}
+                "nonfinite_reference": self.nonfinite_reference, "nonfinite_candidate": self.nonfinite_candidate,
+                "centered_sqnr_db": _json(self.centered_sqnr_db), "warning": self.warning}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ParityReport":
@@ -126,7 +172,8 @@ class ParityReport:
                    top1_agreement=_unjson(d["top1_agreement"]), top5_agreement=_unjson(d["top5_agreement"]),
                    worst=(tuple(w["index"]), _unjson(w["reference"]), _unjson(w["candidate"])),
                    nonfinite_reference=int(d.get("nonfinite_reference", 0)),
-                   nonfinite_candidate=int(d.get("nonfinite_candidate", 0)))
+                   nonfinite_candidate=int(d.get("nonfinite_candidate", 0)),
+                   centered_sqnr_db=_unjson(d.get("centered_sqnr_db")))
 
 
 def compare(reference: Any, candidate: Any) -> ParityReport:
@@ -152,7 +199,8 @@ def compare(reference: Any, candidate: Any) -> ParityReport:
     return ParityReport(n=n, shape=ref.shape, max_abs=float(err.max()), mean_abs=float(err.mean()),
                         cosine=_mean_cosine(ref.reshape(n, -1), cand.reshape(n, -1)), sqnr_db=_sqnr_db(signal, noise),
                         top1_agreement=top1, top5_agreement=top5,
-                        worst=(tuple(int(i) for i in worst), float(ref[worst]), float(cand[worst])))
+                        worst=(tuple(int(i) for i in worst), float(ref[worst]), float(cand[worst])),
+                        centered_sqnr_db=None if top1 is None else _centered_sqnr_db(ref, cand))
 
 
 def _as_float64(x: Any, label: str) -> np.ndarray:
@@ -170,6 +218,13 @@ def _sqnr_db(signal: float, noise: float) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def _centered_sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    # (N, classes): a shift common to all classes of a sample changes no arg-max, so it is neither signal nor noise
+    ref_c = ref - ref.mean(axis=1, keepdims=True)
+    cand_c = cand - cand.mean(axis=1, keepdims=True)
+    return _sqnr_db(float(np.sum(ref_c ** 2)), float(np.sum((ref_c - cand_c) ** 2)))
 
 
 def _mean_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
@@ -200,7 +255,8 @@ def _nonfinite_report(ref, cand, bad, n, n_ref, n_cand) -> ParityReport:
                         sqnr_db=math.nan, top1_agreement=math.nan if is_logits else None,
                         top5_agreement=math.nan if is_logits and ref.shape[1] > 5 else None,
                         worst=(first, float(ref[first]), float(cand[first])),
-                        nonfinite_reference=n_ref, nonfinite_candidate=n_cand)
+                        nonfinite_reference=n_ref, nonfinite_candidate=n_cand,
+                        centered_sqnr_db=math.nan if is_logits else None)
 
 
 def _fmt(v: float) -> str:

@@ -1,6 +1,7 @@
 """Parity metrics against hand-computed values, failure messages, NaN handling."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +117,60 @@ def test_to_dict_is_strict_json_and_round_trips():
     assert compare(REF, REF).to_dict()["sqnr_db"] == "inf"
     line = compare(REF, CAND).format()
     assert "\n" not in line and line.startswith("n=2 max_abs=1 mean_abs=0.5 cos=0.50000 sqnr=11.1dB top1=50.0%")
+
+
+def test_logits_with_a_common_offset_warn_that_the_sqnr_is_not_meaningful():
+    rng = np.random.default_rng(3)
+    ref = 100.0 + 0.01 * rng.normal(size=(64, 10))                   # one large offset, tiny class differences
+    cand = ref + 0.02 * rng.normal(size=ref.shape)                    # noise larger than the class differences
+    r = compare(ref, cand)
+    assert r.sqnr_db > 70 and r.centered_sqnr_db < 5 and r.top1_agreement < 0.5
+    assert r.warning.startswith(f"SQNR {r.sqnr_db:.1f} dB is not meaningful for these logits: with each sample's "
+                                f"mean over classes removed (what decides top-1) it is {r.centered_sqnr_db:.1f} dB")
+    assert "\n" not in r.warning
+    d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
+    assert d["warning"] == r.warning and ParityReport.from_dict(d).warning == r.warning
+    # the same class differences without the offset: plain and centered SQNR agree, no warning needed
+    # beyond top-1 (the noise is as large as the signal: 0 dB is honest)
+    plain = compare(ref - 100.0, cand - 100.0)
+    assert abs(plain.sqnr_db - plain.centered_sqnr_db) < 1 and plain.warning is None
+
+
+def test_low_top1_at_a_high_sqnr_warns_and_a_normal_case_does_not():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(32, 10))
+    ref[:, 0] = 3.0
+    ref[:, 1] = 3.0 + 0.001 * rng.uniform(0.5, 1, size=32)            # classes 0 and 1 all but tied on top
+    cand = ref.copy()
+    cand[:, 0], cand[:, 1] = ref[:, 1], ref[:, 0]                      # the tie goes the other way
+    r = compare(ref, cand)
+    assert r.sqnr_db > 40 and r.top1_agreement < 0.5 and abs(r.sqnr_db - r.centered_sqnr_db) < 3
+    assert "top-1 agrees on only" in r.warning and "below the noise" in r.warning
+    fine = compare(ref, ref + 1e-5 * rng.normal(size=ref.shape))      # noise below even the tie: top-1 agrees
+    assert fine.top1_agreement == 1.0 and fine.warning is None
+    untied = rng.normal(size=(32, 10))
+    ok = compare(untied, untied + 0.01 * rng.normal(size=untied.shape))
+    assert ok.warning is None and ok.top1_agreement > 0.9 and abs(ok.sqnr_db - ok.centered_sqnr_db) < 1
+    assert compare(np.arange(4.0), np.arange(4.0) + 1e-3).centered_sqnr_db is None   # not logits
+    assert compare(REF, np.full((2, 2), np.nan)).warning is None                    # NaN says it already
+
+
+
+@pytest.mark.slow
+def test_fp32_refusal_says_when_the_network_amplifies_float_rounding(tmp_path):
+    """fbnetv3_d with random weights: its ONNX fp32 file is ~20 dB from PyTorch on Fashion-MNIST at 96 px,
+    and so is PyTorch's own float32 from float64 (a deep random network is chaotic): the refusal says
+    it is the network, not the converter, with both figures."""
+    from edgekit import create_model
+    from edgekit.export import ExportSettings, export
+
+    torch.manual_seed(0)
+    model = create_model("fbnetv3_d", resolution=96).eval()
+    with pytest.raises(ValueError) as e:
+        export(model, name="d", out=tmp_path, settings=ExportSettings(formats=("onnx",), precisions=("fp32",),
+                                                                      holdout=32, parallel=False))
+    last = str(e.value).splitlines()[-1]
+    assert last.startswith("PyTorch's own float32 output is ") and "the network amplifies float rounding" in last
+    own, file = (float(v) for v in re.findall(r"([\d.]+) dB", last))
+    assert own < 60 and file >= own - 15
+    assert not list(tmp_path.iterdir())

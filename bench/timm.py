@@ -10,6 +10,7 @@ fan-in-scaled weights, BN statistics near identity) is
    channels, resized and centre-cropped as timm's configuration says) recorded.
 
     .venv/bin/python bench/timm.py [--resolution 128] [--names ghostnet_100,efficientnet_b0]
+    .venv/bin/python bench/timm.py --names NAME,... --no-export --append   # fp32 check only, into the same table
 
 Results: bench/results/timm.json and timm.md. Exports are at one side for all (128 px by default,
 not each checkpoint's own 224-600 px) so the 32 exports fit in about an hour here.
@@ -72,10 +73,12 @@ def export(name: str, ckpt: Path, fmt: str, resolution: int, out: Path) -> dict:
 
 
 def table(rows: list[dict], resolution: int) -> str:
-    lines = [f"| timm name | zoo network | fp32 max abs diff vs timm | ONNX int8: export s, SQNR dB, top-1 agree | "
-             f"TFLite int8: export s, SQNR dB, top-1 agree |", "|---|---|---:|---:|---:|"]
+    lines = ["| timm name | zoo network | fp32 max abs diff vs timm | ONNX int8: export s, SQNR dB, top-1 agree | "
+             "TFLite int8: export s, SQNR dB, top-1 agree |", "|---|---|---:|---:|---:|"]
 
     def cell(r: dict) -> str:
+        if r.get("error", "").startswith("not exported"):
+            return "not exported in this run"
         if "error" in r:
             return f"failed: {r['error'][:80]}"
         return f"{r['seconds']:.0f} s, {r['sqnr_db']:.1f}, {100 * r['top1_agreement']:.1f} %"
@@ -89,6 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--names", help="comma list (default: all 32)")
+    ap.add_argument("--no-export", action="store_true", help="only load each checkpoint and compare fp32 logits")
+    ap.add_argument("--append", action="store_true", help="add to (or replace names in) the existing timm.json")
     args = ap.parse_args()
     names = args.names.split(",") if args.names else list(TIMM)
     with gzip.open(FIXTURES / "architectures.json.gz", "rt") as f:
@@ -96,6 +101,10 @@ def main() -> None:
     logits = np.load(FIXTURES / "logits.npz")
     doc = {"fingerprint": fingerprint(sys.argv), "resolution": args.resolution,
            "weights": "seeded (tests/seeded.py), not a published checkpoint", "results": []}
+    if args.append and (RESULTS / "timm.json").exists():
+        before = json.loads((RESULTS / "timm.json").read_text())
+        doc["results"] = [r for r in before["results"] if r["name"] not in names]
+        doc["earlier_runs"] = [before["fingerprint"], *before.get("earlier_runs", [])]
     with tempfile.TemporaryDirectory(prefix="edgekit-timm-") as tmp:
         for name in names:
             ckpt = Path(tmp) / f"{name}.safetensors"
@@ -104,11 +113,15 @@ def main() -> None:
             for fmt in ("onnx", "tflite"):
                 out = Path(tmp) / f"{name}-{fmt}"
                 out.mkdir()
-                row[fmt] = export(name, ckpt, fmt, args.resolution, out)
+                row[fmt] = ({"error": "not exported in this run (--no-export)"} if args.no_export else
+                            export(name, ckpt, fmt, args.resolution, out))
             doc["results"].append(row)
             print(json.dumps(row), flush=True)
             ckpt.unlink()
             write_json(RESULTS / "timm.json", doc)
+    order = list(TIMM)
+    doc["results"].sort(key=lambda r: order.index(r["name"]))
+    write_json(RESULTS / "timm.json", doc)
     (RESULTS / "timm.md").write_text(table(doc["results"], args.resolution))
     print(table(doc["results"], args.resolution))
 

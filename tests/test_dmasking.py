@@ -178,8 +178,10 @@ def test_a_one_hot_resolution_is_the_supernet_run_at_that_resolution():
     at every layer) gives the logits of the same weights run on the 24 px subsampled input."""
     from edgekit.nas.dmasking import SuperNetV2
 
-    space = FBNetV2Space(resolution=32, resolutions=(32, 24), width=0.5, in_chans=1, num_classes=10)
-    alone = FBNetV2Space(resolution=24, resolutions=(24,), width=0.5, in_chans=1, num_classes=10)
+    stages = (((8, 16, 8), 1, 1, (1.0,)), ((16, 24, 8), 2, 2, (2.0, 3.0)), ((24, 32, 8), 2, 2, (2.0, 4.0)))
+    small = dict(width=1.0, in_chans=1, num_classes=10, stages=stages, head_channels=64)
+    space = FBNetV2Space(resolution=32, resolutions=(32, 24), **small)
+    alone = FBNetV2Space(resolution=24, resolutions=(24,), **small)
     torch.manual_seed(0)
     net = _randomised(SuperNetV2(space), 4)
     same = SuperNetV2(alone).eval()

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .build import Unit, plan
 from .device import DeviceTimer, Measurement, _figure, check_same_kind
-from .lut import Lut, load_lut, save_lut
+from .lut import Lut, save_lut
 from .space import FBNetV1Space
 
 __all__ = ["RAY_CONNECT_TIMEOUT_S", "build_on_devices", "local_cores", "ray_session"]
@@ -136,10 +136,20 @@ def ray_session(address: str | None = None, *, connect_timeout: float = RAY_CONN
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def _export_unit(exporter: Any, unit: Unit) -> tuple[str, str, float, bool]:
-    """A Ray task: the unit's file in the work directory (path, sha256, export seconds, re-used)."""
+@dataclass(frozen=True)
+class _Exported:
+    """A unit's file in the work directory, what exporting it took (0 when re-used)."""
+
+    path: str
+    sha256: str
+    export_s: float
+    reused: bool
+
+
+def _export_unit(exporter: Any, unit: Unit) -> _Exported:
+    """A Ray task: export ``unit`` into the work directory, unless its file is there."""
     path, export_s, reused = exporter.artifact(unit)
-    return str(path), _sha(path), export_s, reused
+    return _Exported(str(path), _sha(path), export_s, reused)
 
 
 class _DeviceActor:
@@ -162,10 +172,16 @@ def _outcome(ray: Any, ref: Any) -> tuple[Measurement | None, str | None]:
     except ray.exceptions.RayActorError as e:
         return None, f"its Ray actor died ({str(e).strip().splitlines()[0]})"
     except ray.exceptions.RayTaskError as e:
-        cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+        cause = _cause(e)
         if isinstance(cause, DeviceError) and cause.kind in _LOST_KINDS:
             return None, str(cause)
         raise cause from None
+
+
+def _cause(error: Exception) -> BaseException:
+    """What a Ray task raised (Ray wraps it with the remote traceback)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
 
 
 # ---- the build ---------------------------------------------------------------------------------
@@ -303,49 +319,77 @@ def _sha(path: Path) -> str:
 
 def _run(ray: Any, build: _Build, todo: Sequence[Unit], timers: Sequence[DeviceTimer], *,
          chunk: int, progress: Callable[[int, int], None] | None) -> None:
-    from ..devices.base import DeviceError
+    """Export chunk by chunk (the next one during this one's measurement when no device is local),
+    and measure each chunk on the devices."""
     from ..devices.local import LocalDevice
 
     export = ray.remote(num_cpus=1)(_export_unit)
     exporter = ray.put(timers[0].exporter)
-    here = ray.get_runtime_context().get_node_id()
-    any_local = any(isinstance(t.device, LocalDevice) for t in timers)
-    actors = [_actor(ray, t, here if isinstance(t.device, LocalDevice) else None) for t in timers]
-    addresses = [t.device.address for t in timers]
-    lost: dict[int, str] = {}
-    idle = list(range(len(actors)))
-    chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
     submit = lambda part: [export.remote(exporter, u) for u in part]  # noqa: E731
+    any_local = any(isinstance(t.device, LocalDevice) for t in timers)
+    chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
+    fleet = _Fleet(ray, timers)
+
+    def report() -> None:
+        if progress is not None and (build.done % chunk == 0 or build.done == len(todo)):
+            progress(build.done, len(todo))
+
     try:
         exports = submit(chunks[0])
         for n, part in enumerate(chunks):
             files = dict(zip((u.key for u in part), _get(ray, exports)))
-            exports = submit(chunks[n + 1]) if n + 1 < len(chunks) and not any_local else None
-            queue, pending = deque(_jobs(part, build.passes)), {}
-            while queue or pending:
-                while queue and idle:
-                    i, job = idle.pop(0), queue.popleft()
-                    pending[actors[i].measure.remote(job.unit)] = (i, job)
-                if not pending:
-                    raise DeviceError(", ".join(addresses), "run", _all_lost(build, lost))
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                i, job = pending.pop(ref)
-                m, why = _outcome(ray, ref)
-                if m is None:
-                    lost[i] = f"{timers[i].device.address}: {why}"
-                    queue.appendleft(job)  # redone on another device
-                    warnings.warn(f"device {i + 1} of {len(timers)} lost: {why}; the others go on with its unit",
-                                  RuntimeWarning, stacklevel=2)
-                    continue
-                idle.append(i)
-                _keep(build, timers[i], job, m, files[job.unit.key], addresses)
-                if progress is not None and build.done and (build.done % chunk == 0 or build.done == len(todo)):
-                    progress(build.done, len(todo))
-            if exports is None and n + 1 < len(chunks):
+            ahead = n + 1 < len(chunks) and not any_local
+            exports = submit(chunks[n + 1]) if ahead else None
+            fleet.measure(build, _jobs(part, build.passes), files, report)
+            if not ahead and n + 1 < len(chunks):
                 exports = submit(chunks[n + 1])
     finally:
-        for a in actors:
-            ray.kill(a)
+        fleet.close()
+
+
+class _Fleet:
+    """The devices as Ray actors: which are idle, which are lost."""
+
+    def __init__(self, ray: Any, timers: Sequence[DeviceTimer]):
+        from ..devices.local import LocalDevice
+
+        here = ray.get_runtime_context().get_node_id()
+        self.ray, self.timers = ray, list(timers)
+        self.actors = [_actor(ray, t, here if isinstance(t.device, LocalDevice) else None) for t in timers]
+        self.idle = list(range(len(timers)))
+        self.lost: dict[int, str] = {}
+
+    def measure(self, build: _Build, jobs: Sequence[_Job], files: dict[str, _Exported],
+                report: Callable[[], None]) -> None:
+        """Every job on whichever device is free (``ray.wait``); a lost device's job goes to the others."""
+        from ..devices.base import DeviceError
+
+        queue, pending = deque(jobs), {}
+        addresses = [t.device.address for t in self.timers]
+        while queue or pending:
+            while queue and self.idle:
+                i, job = self.idle.pop(0), queue.popleft()
+                pending[self.actors[i].measure.remote(job.unit)] = (i, job)
+            if not pending:
+                raise DeviceError(", ".join(addresses), "run", _all_lost(build, self.lost))
+            (ref,), _ = self.ray.wait(list(pending), num_returns=1)
+            i, job = pending.pop(ref)
+            m, why = _outcome(self.ray, ref)
+            if m is None:
+                self.lost[i] = f"{addresses[i]}: {why}"
+                queue.appendleft(job)
+                warnings.warn(f"device {i + 1} of {len(addresses)} lost: {why}; the others go on with its unit",
+                              RuntimeWarning, stacklevel=2)
+                continue
+            self.idle.append(i)
+            done = build.done
+            _keep(build, self.timers[i], job, m, files[job.unit.key], addresses)
+            if build.done > done:
+                report()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
 
 
 def _actor(ray: Any, timer: DeviceTimer, node: str | None) -> Any:
@@ -362,21 +406,19 @@ def _get(ray: Any, refs: Sequence[Any]) -> list[Any]:
     try:
         return ray.get(list(refs))
     except ray.exceptions.RayTaskError as e:
-        cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
-        raise cause from None
+        raise _cause(e) from None
 
 
-def _keep(build: _Build, timer: DeviceTimer, job: _Job, m: Measurement, file: tuple[str, str, float, bool],
+def _keep(build: _Build, timer: DeviceTimer, job: _Job, m: Measurement, file: _Exported,
           addresses: Sequence[str]) -> None:
     """Check, store and count one measurement (the LUT is saved when the unit's last pass is in)."""
-    path, sha, export_s, reused = file
-    if m.result.artifact_sha256 != sha:
+    if m.result.artifact_sha256 != file.sha256:
         raise ValueError(f"{timer.device.address} ran {m.artifact}, not the file exported for {job.unit.key} "
-                         f"({path}): every node must see the same work dir (--work-dir on a shared disk)")
+                         f"({file.path}): every node must see the same work dir (--work-dir on a shared disk)")
     build.check(dict(m.result.fingerprint), addresses)
     first = job.repeat == 0  # the export is counted with a unit's first pass
-    timer.record(job.unit, Measurement(m.result, path, export_s if first else 0.0, reused or not first, m.run_s),
-                 job.repeat)
+    timer.record(job.unit, Measurement(m.result, file.path, file.export_s if first else 0.0, file.reused or not first,
+                                       m.run_s), job.repeat)
     build.add(job.unit, _figure(m.result.stats, timer.statistic))
 
 

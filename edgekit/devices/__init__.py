@@ -46,12 +46,12 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 
 def open_device(address: str = "local", *, profile: str | Path | None = None, **options: Any):
     """The device at ``address``; ``options`` (python, ssh_options, cache_dir, adb, benchmark_binary,
-    device_dir, timeout) override the profile's. Unknown addresses list the valid forms."""
+    device_dir, timeout; cores for local) override the profile's. Unknown addresses list the valid forms."""
     settings: dict[str, Any] = load_profile(profile) if profile else {}
     settings.update({k: v for k, v in options.items() if v is not None and v != [] and v != ()})
     if address == "local":
         from .local import LocalDevice
-        return LocalDevice(**_pick(settings, ("python", "timeout"), address))
+        return LocalDevice(**_pick(settings, ("python", "timeout", "cores"), address))
     if address.startswith("ssh://"):
         from .ssh import SSHDevice
         return SSHDevice(address, **_pick(settings, ("python", "ssh_options", "cache_dir", "timeout",

@@ -36,6 +36,9 @@ class DeviceError(RuntimeError):
         super().__init__(f"{device}: {step} failed: {message}")
         self.device, self.step, self.kind, self.detail = device, step, kind, message
 
+    def __reduce__(self):  # whole across processes (a Ray actor's failure reaches the driver as it was)
+        return type(self), (self.device, self.step, self.detail), {"kind": self.kind}
+
 
 @dataclass(frozen=True)
 class DataFile:

@@ -1,6 +1,10 @@
 """``local``: this machine as a device. The agent file is copied to a temporary directory and run
 there as ``python -I agent.py request.json`` in a subprocess, isolated from edgekit's imports
 exactly as on a remote device.
+
+``cores`` pins its measurements to those cores instead of the agent's default (the last ones this
+process may use): two local devices measuring at once (``edgekit lut build --device local --device
+local``) each get cores of their own, so their timed loops never share one.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ __all__ = ["LocalDevice"]
 
 
 class LocalDevice(AgentDevice):
-    def __init__(self, *, python: str | None = None, timeout: float = 1800.0):
+    def __init__(self, *, python: str | None = None, timeout: float = 1800.0, cores: list[int] | None = None):
         self.python = python or sys.executable
         self.timeout = timeout
+        self.cores = None if cores is None else [int(c) for c in cores]
         self.address = "local"
 
     def _invoke(self, model: ModelFile, request: dict[str, Any], inputs: Inputs
@@ -31,6 +36,8 @@ class LocalDevice(AgentDevice):
             work = Path(tmp)
             shutil.copyfile(AGENT_PATH, work / "agent.py")
             request = dict(request, model=str(model.path))
+            if self.cores is not None and request.get("pin_cores") is not None:
+                request["pin_cores"] = self.cores
             write_inputs(work, request, inputs)
             (work / "request.json").write_text(json.dumps(request))
             try:

@@ -7,12 +7,14 @@
 """
 from .check import accuracy, check_lut, kendall, plot_check, sample_checks, spearman
 from .device import DeviceTimer, build_on_device
+from .fanout import build_on_devices
 from .build import NetworkUnit, OrtTimer, TorchTimer, build_lut, local_fingerprint, measure_networks, plan
 from .lut import Lut, LutError, LutMismatchError, load_lut, save_lut
 from .predict import OverheadModel, Prediction, fit_overhead, mape, predict, with_overhead
 from .space import CANDIDATES, BlockSig, FBNetV1Space, get_space, network_signatures
 
-__all__ = ["CANDIDATES", "BlockSig", "DeviceTimer", "accuracy", "build_on_device", "check_lut", "kendall",
+__all__ = ["CANDIDATES", "BlockSig", "DeviceTimer", "accuracy", "build_on_device", "build_on_devices", "check_lut",
+           "kendall",
            "plot_check", "sample_checks", "spearman", "FBNetV1Space", "Lut", "LutError", "LutMismatchError",
            "NetworkUnit",
            "OrtTimer", "OverheadModel", "Prediction", "TorchTimer", "build_lut", "fit_overhead", "get_space",

@@ -105,14 +105,18 @@ def _clock(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
-def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, statistic: str, expect=None):
+def _device_timer(args: argparse.Namespace, space, *, work_dir: Path, statistic: str, expect=None, device=None,
+                  cores: list[int] | None = None):
     from .._background import usable_cpus
     from ..devices.stats import Protocol
     from .device import DeviceTimer
 
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, max_runs=max(args.max_runs, args.runs))
     options = {"profile": args.profile} if args.profile else {}
-    return DeviceTimer(space, work_dir=work_dir, device=args.device, format=args.format, precision=args.precision,
+    if cores is not None:
+        options["cores"] = cores
+    return DeviceTimer(space, work_dir=work_dir, device=device or args.device, format=args.format,
+                       precision=args.precision,
                        protocol=protocol, calib_samples=args.calib_samples, calib_method=args.calib_method,
                        run_samples=args.run_samples, expect=expect, device_options=options,
                        workers=args.export_workers or min(2, usable_cpus()), passes=args.passes,
@@ -126,8 +130,22 @@ def _work_dir(args: argparse.Namespace, anchor: str) -> Path:
     return path.with_name(path.stem + ".artifacts")
 
 
-def _print_cost(timer, out: Console) -> None:
-    cost = timer.cost()
+def _device_timers(args: argparse.Namespace, space, devices: list[str]) -> list:
+    """One timer per --device; the local ones pinned to cores of their own."""
+    from .fanout import local_cores
+
+    cores = iter(local_cores(devices.count("local"), args.threads)) if "local" in devices else iter(())
+    return [_device_timer(args, space, work_dir=_work_dir(args, args.out), statistic=args.statistic or "min",
+                          device=d, cores=next(cores) if d == "local" else None) for d in devices]
+
+
+def _cost(timers: list) -> dict:
+    from .device import cost
+
+    return cost([u for t in timers for u in t.log], timers[0].passes)
+
+
+def _print_cost(cost: dict, out: Console) -> None:
     if cost["units"]:
         export = "-" if cost["export_s_mean"] is None else f"{cost['export_s_mean']:.2f} s"
         out.print(f"per unit: export {export} ({cost['exported']} exported, {cost['units'] - cost['exported']} "
@@ -137,16 +155,24 @@ def _print_cost(timer, out: Console) -> None:
 def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     from .build import TorchTimer, build_lut, local_fingerprint, measure_networks
     from .device import build_on_device
+    from .fanout import build_on_devices
     from .lut import save_lut
 
     space = space_from_args(args)
 
     progress = None if args.json else _Progress(out, "measured")
+    devices = args.device or ["local"]
+    fan_out = len(devices) > 1 or args.ray or args.ray_address is not None
+    args.device = devices[0]
 
     if args.format == "torch":
         if args.statistic == "min":
             raise ValueError("--format torch times eager PyTorch by the median of its runs; drop --statistic min "
                              "or measure exported files (--format tflite or onnx)")
+        if fan_out:
+            raise ValueError("--format torch times eager PyTorch on this host only; measure exported files "
+                             "(--format tflite or onnx) on several devices or through Ray, or pass one --device "
+                             "and no --ray / --ray-address")
         if args.device != "local" or args.precision != "fp32":
             raise ValueError(f"--format torch times eager PyTorch fp32 on this host only (got --device {args.device} "
                              f"--precision {args.precision}); use --format tflite or onnx for a device")
@@ -154,20 +180,25 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
         lut = build_lut(space, timer, device=local_fingerprint(timer.runtime, args.threads), format=args.format,
                         precision=args.precision, threads=args.threads, out=args.out, chunk=args.chunk,
                         progress=progress)
+    elif fan_out:
+        timers = _device_timers(args, space, devices)
+        lut = build_on_devices(space, timers, out=args.out, chunk=args.chunk, progress=progress,
+                               ray_address=args.ray_address)
+        timer = timers[0]  # --networks: whole networks are measured on the first device
     else:
         timer = _device_timer(args, space, work_dir=_work_dir(args, args.out), statistic=args.statistic or "min")
         lut = build_on_device(space, timer, out=args.out, chunk=args.chunk, progress=progress)
     if args.networks:
         lut = measure_networks(lut, space, timer, samples=args.networks, seed=args.seed)
         save_lut(lut, args.out)
-    cost = timer.cost() if hasattr(timer, "cost") else None
+    cost = _cost(timers) if fan_out else timer.cost() if hasattr(timer, "cost") else None
     if args.json:
         print(json.dumps({"lut": str(args.out), "entries": len(lut.entries), "overhead": lut.overhead,
                           "cost": cost}, indent=2))
         return 0
     out.print(f"wrote {args.out}: {len(lut.entries)} entries", highlight=False)
     if cost is not None:
-        _print_cost(timer, out)
+        _print_cost(cost, out)
     if lut.overhead:
         o = lut.overhead
         out.print(f"overhead model: measured = {o['a_ms']:.4f} ms + {o['b']:.3f} x sum over {o['n']} networks; "
@@ -234,8 +265,16 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | None) -> None:
-    p.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL | qemu://pi4")
+def _add_device_arguments(p: argparse.ArgumentParser, *, threads_default: int | None, many: bool = False) -> None:
+    if many:
+        p.add_argument("--device", action="append", help="local | ssh://user@host[:port] | adb://SERIAL | qemu://pi4 "
+                       "(default local); repeated: devices of one kind measuring in parallel through Ray, e.g. two "
+                       "Pis (local twice: this machine, each on cores of its own)")
+        p.add_argument("--ray", action="store_true", help="fan out through a local Ray even with one --device")
+        p.add_argument("--ray-address", help="the Ray cluster to fan out on (HOST:PORT, ray://HOST:PORT or auto); "
+                       "default with several --device: a local Ray on this machine")
+    else:
+        p.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL | qemu://pi4")
     p.add_argument("--profile", help="device profile (JSON/TOML) for ssh:// and adb://")
     p.add_argument("--allow-emulated", action="store_true", help="time an emulated board anyway (its timings are "
                    "the emulator's, not the board's; the LUT's header says emulated)")
@@ -276,7 +315,7 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     add_space_arguments(p)
     p.add_argument("--format", default="onnx", help="tflite or onnx (exported, run on --device) or torch (local)")
     p.add_argument("--precision", default="fp32", help="fp32 or int8")
-    _add_device_arguments(p, threads_default=1)
+    _add_device_arguments(p, threads_default=1, many=True)
     p.add_argument("--statistic", choices=STATISTICS,
                    help="a unit's figure from its timed runs: min (default for tflite / onnx: the fastest run, "
                         "robust to a busy device) or median (--format torch)")

@@ -56,7 +56,8 @@ from .build import NetworkUnit, Unit
 from .lut import STATISTICS, LutMismatchError
 from .space import BlockSig, FBNetV1Space
 
-__all__ = ["DeviceTimer", "UnitExporter", "UnitLog", "REFERENCE_CANDIDATE"]
+__all__ = ["DeviceTimer", "Measurement", "UnitExporter", "UnitLog", "REFERENCE_CANDIDATE", "check_same_kind", "cost",
+           "fingerprint_differences"]
 
 REFERENCE_CANDIDATE = "k3_e3"
 CALIB_SOURCE = "fashion-mnist"
@@ -81,6 +82,18 @@ class UnitLog:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of one unit on a device, not kept yet: the complete result, the file it ran, what
+    exporting it cost (0 when re-used) and how long the device took."""
+
+    result: Any  # edgekit.devices.base.RunResult
+    artifact: str
+    export_s: float
+    reused: bool
+    run_s: float
 
 
 def _emulated_refusal(device: str) -> str:
@@ -199,6 +212,10 @@ class DeviceTimer:
         self._exported_ahead.update({u.key: share for u in missing})
 
     def _measure(self, unit: Unit, repeat: int = 0) -> float:
+        return self.record(unit, self.run_unit(unit), repeat)
+
+    def run_unit(self, unit: Unit) -> Measurement:
+        """Export ``unit`` if its file is not there yet and run it on the device once; nothing kept."""
         from ..devices.base import open_model
 
         path, export_s, reused = self.exporter.artifact(unit)
@@ -210,10 +227,14 @@ class DeviceTimer:
         result = self.device.run(model, [inputs], protocol=self.protocol)
         run_s = time.perf_counter() - t0
         self._check_fingerprint(dict(result.fingerprint))
-        stored = self.store.record(result, artifact_path=str(path)) if self.store is not None else None
-        ms = _figure(result.stats, self.statistic)
-        self.log.append(UnitLog(unit.key, str(path), export_s, run_s, float(ms), float(result.stats.cv), stored,
-                                reused, repeat))
+        return Measurement(result, str(path), export_s, reused, run_s)
+
+    def record(self, unit: Unit, m: Measurement, repeat: int = 0) -> float:
+        """Append ``m`` to the results store and the log; its figure in ms."""
+        stored = self.store.record(m.result, artifact_path=m.artifact) if self.store is not None else None
+        ms = _figure(m.result.stats, self.statistic)
+        self.log.append(UnitLog(unit.key, m.artifact, m.export_s, m.run_s, float(ms), float(m.result.stats.cv),
+                                stored, m.reused, repeat))
         return float(ms)
 
     def _check_fingerprint(self, fp: dict[str, Any]) -> None:
@@ -222,12 +243,7 @@ class DeviceTimer:
         if self.fingerprint is None:
             self.fingerprint = fp
             return
-        # the keys the LUT recorded (a LUT measured by an older agent lacks the newer ones)
-        diff = [f"device {k} is {fp.get(k)!r}, the LUT has {self.fingerprint.get(k)!r}"
-                for k in sorted(self.fingerprint) if fp.get(k) != self.fingerprint.get(k)]
-        if diff:
-            raise LutMismatchError("this device is not the one the LUT was measured on: " + "; ".join(diff) +
-                                   ". Build a LUT for this device with `edgekit lut build`")
+        check_same_kind(self.fingerprint, fp)
 
     def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
         if isinstance(unit, NetworkUnit) or unit.kind == "stem":
@@ -241,12 +257,39 @@ class DeviceTimer:
     # ---- summaries -----------------------------------------------------------------------------
     def cost(self) -> dict[str, Any]:
         """Mean seconds per unit spent exporting (fresh exports only) and on the device (all passes)."""
-        first = [u for u in self.log if u.repeat == 0]
-        fresh = [u.export_s for u in first if not u.reused]
-        per_unit = len(self.log) / len(first) if first else 0
-        return {"units": len(first), "exported": len(fresh), "passes": self.passes,
-                "export_s_mean": float(np.mean(fresh)) if fresh else None,
-                "run_s_mean": float(np.mean([u.run_s for u in self.log]) * per_unit) if self.log else None}
+        return cost(self.log, self.passes)
+
+
+def cost(log: Sequence[UnitLog], passes: int) -> dict[str, Any]:
+    """What :meth:`DeviceTimer.cost` reports, over the log of one or several devices."""
+    first = [u for u in log if u.repeat == 0]
+    fresh = [u.export_s for u in first if not u.reused]
+    per_unit = len(log) / len(first) if first else 0
+    return {"units": len(first), "exported": len(fresh), "passes": passes,
+            "export_s_mean": float(np.mean(fresh)) if fresh else None,
+            "run_s_mean": float(np.mean([u.run_s for u in log]) * per_unit) if log else None}
+
+
+def fingerprint_differences(lut: Mapping[str, Any], fp: Mapping[str, Any]) -> list[str]:
+    """How a measurement's device fingerprint ``fp`` differs from a LUT's, over the keys the LUT
+    recorded (a LUT measured by an older agent lacks the newer ones). Not a difference: the address,
+    when the LUT lists it among its ``devices`` (several boards of a kind measured it), and the pinned
+    cores on a CPU with one kind of core (two local devices pin different cores of one CPU)."""
+    skip = {"devices"}
+    if fp.get("device") in lut.get("devices", ()):
+        skip.add("device")
+    if "cpu_cores" in lut and len(lut["cpu_cores"] or {}) <= 1 and len(fp.get("cpu_cores") or {}) <= 1:
+        skip.add("pinned_cores")
+    return [f"device {k} is {fp.get(k)!r}, the LUT has {lut.get(k)!r}"
+            for k in sorted(set(lut) - skip) if fp.get(k) != lut.get(k)]
+
+
+def check_same_kind(lut: Mapping[str, Any], fp: Mapping[str, Any]) -> None:
+    """Refuse a measurement made on another kind of device than the LUT's (see ``fingerprint_differences``)."""
+    diff = fingerprint_differences(lut, fp)
+    if diff:
+        raise LutMismatchError(f"{fp.get('device', 'this device')} is not the kind of device the LUT was measured "
+                               f"on: " + "; ".join(diff) + ". Build a LUT for this device with `edgekit lut build`")
 
 
 def _figure(stats: Any, statistic: str) -> float:
@@ -396,15 +439,21 @@ class UnitExporter:
         """(calibration, timed-run) inputs of a stem / block / head: images or reference activations."""
         if sig.kind == "stem":
             return self.calib_images()
-        if self._activations is None:
-            self._activations = (self._reference_activations(self.calib_images()[0]),
-                                 self._reference_activations(self.calib_images()[1]))
         key = ("head", sig.in_shape) if sig.kind == "head" else sig.in_shape
-        calib, run = self._activations
+        calib, run = self.warm()
         if key not in calib:
             raise ValueError(f"no layer of the reference network takes input {sig.in_shape} ({sig.key}); the "
                              f"signature is not of this space")
         return calib[key], run[key]
+
+    def warm(self) -> tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]]:
+        """The reference network's (calibration, timed-run) activations, computed on the first call:
+        called before this exporter is sent to other processes (Ray tasks and actors), each copy
+        carries them instead of computing them again."""
+        if self._activations is None:
+            self._activations = (self._reference_activations(self.calib_images()[0]),
+                                 self._reference_activations(self.calib_images()[1]))
+        return self._activations
 
     @torch.no_grad()
     def _reference_activations(self, images: np.ndarray) -> dict[Any, np.ndarray]:

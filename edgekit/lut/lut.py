@@ -121,13 +121,16 @@ class Lut:
                          precision: str | None = None, threads: int | None = None,
                          statistic: str | None = None) -> None:
         """Raise :class:`LutMismatchError` naming every stated expectation this LUT does not meet.
-        ``device`` is a fingerprint (every key given must match) or an address string; ``statistic``
+        ``device`` is a fingerprint (every key given must match) or an address string (the LUT's
+        device, or one of its ``devices`` when several boards of a kind measured it); ``statistic``
         is what one measurement's figure is (``min``, ``median``)."""
         problems = []
         for label, want, have in (("format", format, self.format), ("precision", precision, self.precision),
                                   ("threads", threads, self.threads), ("statistic", statistic, self.statistic)):
             if want is not None and want != have:
                 problems.append(f"{label} is {have!r}, expected {want!r}")
+        if isinstance(device, str) and device in self.device.get("devices", ()):
+            device = None  # one of the boards of a kind the LUT was measured on
         if device is not None:
             want_fp = {"device": device} if isinstance(device, str) else dict(device)
             for key, value in want_fp.items():

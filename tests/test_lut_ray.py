@@ -58,6 +58,18 @@ def short_tmp(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def exported_work(tmp_path_factory) -> Path:
+    """ONE_LAYER's units exported once, with the recipe every build below uses; each test copies
+    them into its work dir, where a build re-uses a file whose sha256 checks out (as a resumed build
+    does), so the tests spend their time on Ray and the devices, not on the exporter."""
+    root = tmp_path_factory.mktemp("ray-work")
+    timer = DeviceTimer(ONE_LAYER, work_dir=root / "work", device="local", store=ResultStore(root / "results.db"),
+                        format="onnx", precision="fp32", protocol=QUICK, calib_samples=8, run_samples=2)
+    build_on_device(ONE_LAYER, timer, out=root / "lut.json", chunk=10)
+    return root / "work"
+
+
 def _build(tmp: Path, *extra: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "EDGEKIT_HOME": str(tmp / "home"), "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
     args = [json.dumps(ONE_LAYER.to_dict()), str(tmp / "lut.json"), str(tmp / "work"), *extra]
@@ -86,7 +98,8 @@ def _processes_under(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_ray_build_on_two_local_devices_stores_each_entry_once_and_resumes_after_a_kill(short_tmp):
+def test_ray_build_on_two_local_devices_stores_each_entry_once_and_resumes_after_a_kill(short_tmp, exported_work):
+    shutil.copytree(exported_work, short_tmp / "work")
     out, t0 = short_tmp / "lut.json", time.monotonic()
     first = _build(short_tmp, "1", start_new_session=True)
     while _entries(out) < 3:
@@ -122,9 +135,10 @@ def test_ray_build_on_two_local_devices_stores_each_entry_once_and_resumes_after
 
 
 @pytest.mark.slow
-def test_a_device_lost_mid_build_is_dropped_and_its_work_redone(short_tmp):
+def test_a_device_lost_mid_build_is_dropped_and_its_work_redone(short_tmp, exported_work):
     """The second device's Python disappears once two entries are stored: its next run fails to
     start, that unit goes to the first device, which finishes the LUT; nothing is stored twice."""
+    shutil.copytree(exported_work, short_tmp / "work")
     python = short_tmp / "python"  # this Python, through a script that can disappear
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
@@ -153,9 +167,10 @@ def test_a_device_lost_mid_build_is_dropped_and_its_work_redone(short_tmp):
 
 
 @pytest.mark.slow
-def test_results_stored_after_the_luts_last_save_become_its_entries(tmp_path):
+def test_results_stored_after_the_luts_last_save_become_its_entries(tmp_path, exported_work):
     """A build killed between storing a unit's result and saving its entry: the resume takes the
     stored result instead of measuring the unit again, and never a result older than the LUT."""
+    shutil.copytree(exported_work, tmp_path / "work")
     store = ResultStore(tmp_path / "results.db")
 
     def timer(device="local"):

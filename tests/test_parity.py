@@ -156,21 +156,39 @@ def test_low_top1_at_a_high_sqnr_warns_and_a_normal_case_does_not():
 
 
 
+class _Chaotic(torch.nn.Module):
+    """Twenty steps of the logistic map ``4 y (1 - y)`` after two convolutions: a difference of one
+    rounding step in the convolutions (onnxruntime and PyTorch sum in other orders) doubles at each
+    step, as a deep random network amplifies rounding (fbnetv3_d at 96 px: about 21 dB), but small.
+    On an all-zero input (the exporter's own example) the map is bypassed, so only images show it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.c2(torch.relu(self.c1(x))))
+        z = y
+        for _ in range(20):
+            z = 3.99 * z * (1 - z)
+        image = (x.abs().amax((1, 2, 3), keepdim=True) > 0).to(x.dtype)
+        return self.fc((image * z + (1 - image) * y).mean((2, 3)))
+
+
 @pytest.mark.slow
 def test_fp32_refusal_says_when_the_network_amplifies_float_rounding(tmp_path):
-    """fbnetv3_d with random weights: its ONNX fp32 file is ~20 dB from PyTorch on Fashion-MNIST at 96 px,
-    and so is PyTorch's own float32 from float64 (a deep random network is chaotic): the refusal says
-    it is the network, not the converter, with both figures."""
-    from edgekit import create_model
+    """The file is far from PyTorch, and so is PyTorch's own float32 from float64: the refusal says
+    it is the network, not the converter, with both figures, and nothing is written."""
     from edgekit.export import ExportSettings, export
 
-    torch.manual_seed(0)
-    model = create_model("fbnetv3_d", resolution=96).eval()
     with pytest.raises(ValueError) as e:
-        export(model, name="d", out=tmp_path, settings=ExportSettings(formats=("onnx",), precisions=("fp32",),
-                                                                      holdout=32, parallel=False))
+        export(_Chaotic(), name="d", out=tmp_path, input_size=(1, 32, 32), preset="none",
+               settings=ExportSettings(formats=("onnx",), precisions=("fp32",), holdout=32, parallel=False))
     last = str(e.value).splitlines()[-1]
     assert last.startswith("PyTorch's own float32 output is ") and "the network amplifies float rounding" in last
-    own, file = (float(v) for v in re.findall(r"([\d.]+) dB", last))
+    own, file = (float(v) for v in re.findall(r"([\d.-]+) dB", last))
     assert own < 60 and file >= own - 15
     assert not list(tmp_path.iterdir())

@@ -119,8 +119,9 @@ _SETUP_S = pytest.StashKey[float]()
 # hands modules to its two workers in collection order, so these start first and the many short
 # modules fill in around them. Alphabetical order started the longest (test_zoo_onnx, about a
 # third of the suite) last, on one worker, while the other sat idle.
-LONGEST_FIRST = ("test_zoo_onnx.py", "test_export_tflite.py", "test_boards.py", "test_lut.py", "test_export.py",
-                 "test_models.py", "test_devices.py", "test_nas.py", "test_devices_layers.py")
+LONGEST_FIRST = ("test_zoo_onnx.py", "test_export_tflite.py", "test_boards.py", "test_lut.py", "test_lut_ray.py",
+                 "test_export.py", "test_devices_ssh.py", "test_models.py", "test_devices.py", "test_nas.py",
+                 "test_timm.py", "test_devices_layers.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -219,6 +219,12 @@ def _wait_for_agent(tmp_path: Path) -> None:
         time.sleep(0.2)
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal's shell leaves it (pytest-xdist's workers ignore it, and an ignored
+    signal stays ignored across exec: Python would then never raise KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_agent_on_the_device_and_says_interrupted(srv, artifacts, home, tmp_path):
     profile = tmp_path / "board.json"
     profile.write_text(json.dumps({"python": sys.executable, "ssh_options": srv.ssh_options,
@@ -226,7 +232,7 @@ def test_ctrl_c_stops_the_agent_on_the_device_and_says_interrupted(srv, artifact
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "run", str(artifacts[("tflite", "fp32")]), "--device",
                              srv.address, "--device-profile", str(profile), "--runs", "5000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "EDGEKIT_HOME": str(home)})
+                            env={**os.environ, "EDGEKIT_HOME": str(home)}, preexec_fn=_terminal_sigint)
     try:
         _wait_for_agent(tmp_path)
         time.sleep(1)

@@ -238,7 +238,8 @@ def export(model: nn.Module, *, name: str, out: str | Path, settings: ExportSett
         if background is not None:
             background.close()
     files = [(out / f"{name}-{conv.fmt}-{conv.precision}{EXTENSIONS[conv.fmt]}",  # X.onnx / X.tflite + X.manifest.json
-              conv.exp.model_bytes, _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256, source))
+              conv.exp.model_bytes,
+              _manifest(name, model, conv, pre, calibration, weights_file, weights_sha256, source))
              for conv in pending]
     return [ExportedFile(art, conv.parity, len(data), tuple(art.manifest.notes))
             for art, conv, (_, data, _) in zip(write_artifacts(files), pending, files)]
@@ -268,10 +269,7 @@ def _start_tflite_worker(model: nn.Module, example: torch.Tensor, settings: Expo
 def _checked(name: str, model: nn.Module, example: torch.Tensor, calib, holdout: np.ndarray,
              labelled: _Labelled | None, settings: ExportSettings, background) -> list[_Converted]:
     """Every requested file converted and checked against PyTorch on ``holdout``, in memory."""
-    with torch.inference_mode():
-        chunks = [_as_tuple(model(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK])))
-                  for i in range(0, len(holdout), REFERENCE_CHUNK)]
-    reference = tuple(torch.cat(parts).numpy() for parts in zip(*chunks))
+    reference = _torch_outputs(model, holdout)
     if len(reference) > 1 and (settings.max_drop is not None or settings.sensitivity):
         raise ValueError(f"{name} returns {len(reference)} outputs; --max-drop and --sensitivity measure the top-1 of "
                          f"one logits output: export it without them (every output is checked against PyTorch)")
@@ -286,15 +284,14 @@ def _faithful(name: str, conv: _Converted, reference: tuple[np.ndarray, ...], ho
     """``conv`` with its parity against PyTorch; refused below its SQNR floor unless ``s.force`` or,
     with ``max_drop``, its measured top-1 accepts it (a note then says so)."""
     parity = conv.parity  # an int8 file's was measured when its calibration was chosen
-    if parity is None:
-        parity = _parity(reference, _outputs(conv.exp, holdout))
-    floor = SQNR_FLOOR_DB["int8" if conv.precision == "mixed" else conv.precision]
     extras = conv.extras
-    if len(reference) > 1:  # the report above is the worst output's; the manifest keeps each one's
-        got = _outputs(conv.exp, holdout)
-        extras = replace(extras, metrics={**extras.metrics, "parity_per_output": [
-            {"output": info.name, **compare(ref, out).to_dict()}
-            for info, ref, out in zip(conv.exp.outputs, reference, got)]})
+    if parity is None or len(reference) > 1:  # the file run once: its worst output, and each one's
+        reports = _per_output(reference, _outputs(conv.exp, holdout))
+        parity = _worst(reports) if parity is None else parity
+        if len(reports) > 1:
+            extras = replace(extras, metrics={**extras.metrics, "parity_per_output": [
+                {"output": info.name, **r.to_dict()} for info, r in zip(conv.exp.outputs, reports)]})
+    floor = SQNR_FLOOR_DB["int8" if conv.precision == "mixed" else conv.precision]
     accepted = _accurate_enough(extras, s)
     if accepted is not None and parity.sqnr_db < floor:  # NaN is never accepted
         extras = replace(extras, note="; ".join(filter(None, (extras.note, accepted.format(sqnr=parity.sqnr_db,
@@ -320,12 +317,9 @@ def _rounding_said(model: nn.Module, holdout: np.ndarray, reference: tuple[np.nd
     """Why an fp32 file is below its floor: the network amplifying float32 rounding (PyTorch's own
     float32 output is as far from float64 as the file's) or a converter fault (the file is further)."""
     import copy
-    double = copy.deepcopy(model).double()
-    with torch.inference_mode():
-        chunks = [_as_tuple(double(torch.from_numpy(holdout[i:i + REFERENCE_CHUNK]).double()))
-                  for i in range(0, len(holdout), REFERENCE_CHUNK)]
-    exact = tuple(torch.cat(parts).numpy() for parts in zip(*chunks))
-    own, file = _parity(exact, reference).sqnr_db, _parity(exact, _outputs(exp, holdout)).sqnr_db
+    exact = _torch_outputs(copy.deepcopy(model).double(), holdout.astype(np.float64))
+    own = _worst(_per_output(exact, reference)).sqnr_db
+    file = _worst(_per_output(exact, _outputs(exp, holdout))).sqnr_db
     figures = (f"PyTorch's own float32 output is {own:.1f} dB from float64 on these images, the file's "
                f"{file:.1f} dB")
     if file >= own - ROUNDING_MARGIN_DB:
@@ -333,6 +327,14 @@ def _rounding_said(model: nn.Module, holdout: np.ndarray, reference: tuple[np.nd
                 f"chaotic), not a converter fault; the file is as faithful as float32 allows (--force writes it)")
     return (f"{figures}: the file departs beyond float rounding, a converter fault; edgekit run FILE --compare "
             f"--per-layer (with --force to write it) names the first layer that departs")
+
+
+def _torch_outputs(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``model``'s outputs on ``x``, run in chunks of ``REFERENCE_CHUNK`` images (large batches run slower)."""
+    with torch.inference_mode():
+        chunks = [_as_tuple(model(torch.from_numpy(x[i:i + REFERENCE_CHUNK])))
+                  for i in range(0, len(x), REFERENCE_CHUNK)]
+    return tuple(torch.cat(parts).numpy() for parts in zip(*chunks))
 
 
 def _as_tuple(out: Any) -> tuple:
@@ -344,12 +346,15 @@ def _outputs(exp: Any, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(info.to_nchw(y) for info, y in zip(exp.outputs, _as_tuple(exp(exp.inputs[0].from_nchw(x)))))
 
 
-def _parity(reference: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> ParityReport:
-    """Parity of a file's outputs against PyTorch's: the one output furthest from it (lowest SQNR,
-    a NaN first), so a floor holds for every output."""
+def _per_output(reference: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> list[ParityReport]:
+    """Each of a file's outputs against PyTorch's, in order."""
     if len(got) != len(reference):
         raise ValueError(f"the file has {len(got)} outputs, PyTorch gives {len(reference)}")
-    reports = [compare(ref, out) for ref, out in zip(reference, got)]
+    return [compare(ref, out) for ref, out in zip(reference, got)]
+
+
+def _worst(reports: list[ParityReport]) -> ParityReport:
+    """The output furthest from PyTorch (lowest SQNR, a NaN first), so a floor holds for every output."""
     return min(reports, key=lambda r: -math.inf if math.isnan(r.sqnr_db) else r.sqnr_db)
 
 
@@ -473,7 +478,7 @@ def _calibrated(make, holdout: np.ndarray, reference: tuple[np.ndarray, ...], s:
     tries, best = [], None
     for method in dict.fromkeys((s.calib_method, *s.calib_retry)):
         files = make(method)
-        parity = _parity(reference, _outputs(files.int8, holdout))
+        parity = _worst(_per_output(reference, _outputs(files.int8, holdout)))
         sqnr = parity.sqnr_db
         tries.append(_CalibrationTry(method, round(sqnr, 2) if math.isfinite(sqnr) else sqnr))
         score = sqnr if not math.isnan(sqnr) else -math.inf

@@ -111,8 +111,10 @@ def test_bad_choices_and_knobs_are_refused():
         space.spec(("k5_e7",) + space.sample(0)[1:])
     with pytest.raises(ValueError, match="needs 22 choices"):
         space.spec(space.sample(0)[:3])
-    with pytest.raises(ValueError, match="unknown search space 'fbnet-v2'"):
-        get_space("fbnet-v2")
+    with pytest.raises(ValueError, match="unknown search space 'fbnet-v3'; did you mean fbnet-v2, fbnet-v1"):
+        get_space("fbnet-v3")
+    with pytest.raises(ValueError, match="--resolutions is fbnet-v2's"):
+        get_space("fbnet-v1", resolutions=(32, 24))
     with pytest.raises(ValueError, match="resolution 0 must be an int >= 1"):
         get_space("fbnet-v1", resolution=0)
     with pytest.raises(ValueError, match="width"):

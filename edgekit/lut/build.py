@@ -75,20 +75,25 @@ class NetworkUnit:
 
 # ---- plan and build ----------------------------------------------------------------------------
 
-def plan(space: FBNetV1Space, stored: Lut | Mapping[str, float] | None = None) -> list[BlockSig]:
-    """The signatures still to measure: every distinct one of ``space`` not in ``stored``."""
+def plan(space: FBNetV1Space, stored: Lut | Mapping[str, float] | None = None, *,
+         signatures: Sequence[BlockSig] | None = None) -> list[BlockSig]:
+    """The signatures still to measure: every distinct one of ``space`` (or of ``signatures``, the
+    share of a large space a build measures) not in ``stored``."""
     have = stored.entries if isinstance(stored, Lut) else (stored or {})
-    return [s for s in space.distinct_signatures() if s.key not in have]
+    wanted = space.distinct_signatures() if signatures is None else signatures
+    return [s for s in wanted if s.key not in have]
 
 
 def build_lut(space: FBNetV1Space, measure: Measure, *, device: Mapping[str, Any], format: str, precision: str,
               threads: int, out: str | os.PathLike | None = None, chunk: int = 8,
-              progress: Callable[[int, int], None] | None = None, statistic: str = "median") -> Lut:
+              progress: Callable[[int, int], None] | None = None, statistic: str = "median",
+              signatures: Sequence[BlockSig] | None = None) -> Lut:
     """Measure every missing signature of ``space`` with ``measure`` and return the LUT.
 
     ``statistic`` names what ``measure`` returns per unit (``min`` or ``median``). With ``out``, an
     existing file there is resumed (it must be the same space, device, format, precision, threads
-    and statistic, else a clear error) and the LUT is saved after every ``chunk``.
+    and statistic, else a clear error) and the LUT is saved after every ``chunk``. ``signatures``
+    limits the build to those (default: every distinct signature of the space).
     """
     if chunk < 1:
         raise ValueError(f"chunk {chunk} must be >= 1")
@@ -96,7 +101,7 @@ def build_lut(space: FBNetV1Space, measure: Measure, *, device: Mapping[str, Any
               statistic=statistic)
     if out is not None and Path(out).exists():
         lut = _resume(Path(out), space, device, format, precision, threads, statistic)
-    todo = plan(space, lut)
+    todo = plan(space, lut, signatures=signatures)
     done, total = 0, len(todo)
     for start in range(0, total, chunk):
         part = todo[start:start + chunk]
@@ -131,7 +136,8 @@ def measure_networks(lut: Lut, space: FBNetV1Space, measure: Measure, *, samples
     ms = list(measure(units))
     if len(ms) != len(units):
         raise ValueError(f"the measuring function returned {len(ms)} latencies for {len(units)} networks")
-    return with_overhead(lut, space, [{"choices": list(c), "ms": float(m)} for c, m in zip(picks, ms)])
+    listed = [space.point_list(c) if hasattr(space, "point_list") else list(c) for c in picks]
+    return with_overhead(lut, space, [{"choices": c, "ms": float(m)} for c, m in zip(listed, ms)])
 
 
 # ---- local timers ------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
     statistic = getattr(measure, "statistic", None)
     if statistic is not None:  # networks measured another way than the entries would not compare
         lut.check_compatible(statistic=statistic)
-    space = FBNetV1Space.from_dict(lut.space)
+    from .space import SPACES
+    space = SPACES[lut.space.get("name", "fbnet-v1")].from_dict(lut.space)
     picks = sample_checks(space, samples, seed)
     units = [NetworkUnit(space.spec(c, name=f"check-{seed}-{i}"), space.in_chans, space.num_classes)
              for i, c in enumerate(picks)]
@@ -118,7 +119,7 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
         "lut": {"space": dict(lut.space), "device": dict(lut.device), "format": lut.format,
                 "precision": lut.precision, "threads": lut.threads, "entries": len(lut.entries)},
         "samples": samples, "seed": seed,
-        "networks": [{"name": u.spec.name, "choices": list(c), "measured_ms": m, "plain_ms": p.plain_ms,
+        "networks": [{"name": u.spec.name, "choices": _listed(space, c), "measured_ms": m, "plain_ms": p.plain_ms,
                       "lut_fitted_ms": p.fitted_ms} for u, c, m, p in zip(units, picks, measured, preds)],
         "plain": accuracy(plain, measured),
         "lut_overhead": None,
@@ -171,3 +172,7 @@ def plot_check(report: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _listed(space: Any, choices: Any) -> list[Any]:
+    return space.point_list(choices) if hasattr(space, "point_list") else list(choices)

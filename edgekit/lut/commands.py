@@ -15,8 +15,11 @@ __all__ = ["add_lut_commands", "add_space_arguments", "space_from_args"]
 
 
 def add_space_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", default="fbnet-v1", help="search space (fbnet-v1)")
+    p.add_argument("--space", default="fbnet-v1", help="search space: fbnet-v1 (a block per layer) or fbnet-v2 "
+                                                       "(channels, expansions, block types and input resolution)")
     p.add_argument("--resolution", type=int, help="input side (default 224)")
+    p.add_argument("--resolutions", help="fbnet-v2: the input sides searched, comma-separated, each <= --resolution "
+                                         "(default: the resolution and 3/4 of it)")
     p.add_argument("--width", type=float, help="channel multiplier (default 1.0)")
     p.add_argument("--in-chans", type=int, help="input channels (default 3)")
     p.add_argument("--num-classes", type=int, help="classes (default 1000)")
@@ -26,8 +29,30 @@ def add_space_arguments(p: argparse.ArgumentParser) -> None:
 def space_from_args(args: argparse.Namespace):
     from .space import get_space
 
+    resolutions = None
+    if getattr(args, "resolutions", None):
+        try:
+            resolutions = tuple(int(r) for r in args.resolutions.split(","))
+        except ValueError:
+            raise ValueError(f"--resolutions {args.resolutions!r} must be comma-separated input sides, e.g. 32,24") \
+                from None
     return get_space(args.space, resolution=args.resolution, width=args.width, in_chans=args.in_chans,
-                     num_classes=args.num_classes, head_channels=args.head_channels)
+                     num_classes=args.num_classes, head_channels=args.head_channels, resolutions=resolutions)
+
+
+def measured_signatures(args: argparse.Namespace, space):
+    """What a build measures: every distinct signature of fbnet-v1; fbnet-v2's stems, heads and a
+    ``--sample`` of its blocks (the block model predicts the rest)."""
+    sample = getattr(args, "sample", None)
+    if space.name != "fbnet-v2":
+        if sample is not None:
+            raise ValueError(f"--sample is for fbnet-v2's channel-aware table; {space.name} measures every entry")
+        return None
+    from ..nas.channel_lut import measurement_plan
+    return measurement_plan(space, DEFAULT_SAMPLE if sample is None else sample, seed=getattr(args, "seed", 0))
+
+
+DEFAULT_SAMPLE = 400
 
 
 def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
@@ -39,15 +64,22 @@ def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
     if stored is not None and dict(stored.space) != space.to_dict():
         raise ValueError(f"{args.lut} holds a LUT of space {dict(stored.space)}, not {space.to_dict()}; pass the "
                          f"same space knobs")
-    todo = plan(space, stored)
-    total = len(space.distinct_signatures())
+    wanted = measured_signatures(args, space)
+    todo = plan(space, stored, signatures=wanted)
+    distinct = len(space.distinct_signatures())
+    total = distinct if wanted is None else len(wanted)
     if args.json:
-        print(json.dumps({"space": space.to_dict(), "total": total, "stored": total - len(todo),
+        print(json.dumps({"space": space.to_dict(), "distinct": distinct, "total": total, "stored": total - len(todo),
                           "missing": [s.key for s in todo]}, indent=2))
         return 0
-    out.print(f"{space.name}: {len(space.layers)} layers x 9 candidates, {total} distinct signatures "
-              f"(stem and head included, identity skips cost 0); {total - len(todo)} stored, {len(todo)} to measure",
-              markup=False, highlight=False, soft_wrap=True)
+    if wanted is None:
+        what = f"{len(space.layers)} layers x 9 candidates, {total} distinct signatures"
+    else:
+        what = (f"{len(space.layers)} layers, {space.lut_entries()} layer-wise entries, {distinct} distinct signatures; "
+                f"a build measures {total} (every stem and head, {total - sum(s.kind != 'block' for s in wanted)} "
+                f"blocks) and fits a block model for the rest")
+    out.print(f"{space.name}: {what} (stem and head included, identity skips cost 0); {total - len(todo)} stored, "
+              f"{len(todo)} to measure", markup=False, highlight=False, soft_wrap=True)
     for sig in todo[:args.show]:
         out.print(f"  {sig.key}", markup=False, highlight=False)
     if len(todo) > args.show:
@@ -159,6 +191,7 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     from .lut import save_lut
 
     space = space_from_args(args)
+    signatures = measured_signatures(args, space)
 
     progress = None if args.json else _Progress(out, "measured")
     devices = args.device or ["local"]
@@ -179,24 +212,34 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
         timer = TorchTimer(threads=args.threads, runs=args.runs, warmup=args.warmup)
         lut = build_lut(space, timer, device=local_fingerprint(timer.runtime, args.threads), format=args.format,
                         precision=args.precision, threads=args.threads, out=args.out, chunk=args.chunk,
-                        progress=progress)
+                        progress=progress, signatures=signatures)
     elif fan_out:
         timers = _device_timers(args, space, devices)
         lut = build_on_devices(space, timers, out=args.out, chunk=args.chunk, progress=progress,
-                               ray_address=args.ray_address)
+                               ray_address=args.ray_address, signatures=signatures)
         timer = timers[0]  # --networks: whole networks are measured on the first device
     else:
         timer = _device_timer(args, space, work_dir=_work_dir(args, args.out), statistic=args.statistic or "min")
-        lut = build_on_device(space, timer, out=args.out, chunk=args.chunk, progress=progress)
+        lut = build_on_device(space, timer, out=args.out, chunk=args.chunk, progress=progress, signatures=signatures)
+    if signatures is not None and len(signatures) < len(space.distinct_signatures()):
+        from ..nas.channel_lut import fit_block_model
+        lut = lut.replace(block_model=fit_block_model(space, lut, seed=args.seed))
+        save_lut(lut, args.out)
     if args.networks:
         lut = measure_networks(lut, space, timer, samples=args.networks, seed=args.seed)
         save_lut(lut, args.out)
     cost = _cost(timers) if fan_out else timer.cost() if hasattr(timer, "cost") else None
     if args.json:
         print(json.dumps({"lut": str(args.out), "entries": len(lut.entries), "overhead": lut.overhead,
-                          "cost": cost}, indent=2))
+                          "block_model": lut.block_model, "cost": cost}, indent=2))
         return 0
     out.print(f"wrote {args.out}: {len(lut.entries)} entries", highlight=False)
+    if lut.block_model:
+        m = lut.block_model
+        h = m["held_out"]
+        out.print(f"block model: fitted on {m['measured'] - h['n']} measured blocks, held-out {h['n']}: MAPE "
+                  f"{h['mape']:.1f} %, {100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %); "
+                  f"refitted on all {m['measured']}", highlight=False, soft_wrap=True)
     if cost is not None:
         _print_cost(cost, out)
     if lut.overhead:
@@ -209,7 +252,7 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
 def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
     from .check import check_lut, plot_check
     from .lut import load_lut
-    from .space import FBNetV1Space
+    from .space import SPACES
 
     if args.threads is None:
         lut = load_lut(args.lut)
@@ -218,7 +261,7 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
     args.format, args.precision = lut.format, lut.precision
     if lut.format == "torch":
         raise ValueError(f"{args.lut} is a torch LUT; lut check measures exported tflite / onnx files on a device")
-    space = FBNetV1Space.from_dict(lut.space)
+    space = SPACES[lut.space.get("name", "fbnet-v1")].from_dict(lut.space)
     # the networks are measured as the LUT's entries were (its statistic)
     timer = _device_timer(args, space, work_dir=_work_dir(args, args.lut), expect=lut.device, statistic=lut.statistic)
 
@@ -299,6 +342,8 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("plan", help="the distinct blocks a LUT of the space needs (minus those stored)")
     add_space_arguments(p)
     p.add_argument("--lut", help="existing (partial) LUT: list only what it lacks")
+    p.add_argument("--sample", type=int, help=f"fbnet-v2: block entries a build measures (default {DEFAULT_SAMPLE})")
+    p.add_argument("--seed", type=int, default=0, help="fbnet-v2: which blocks the sample draws")
     p.add_argument("--show", type=int, default=20, help="signatures to print")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lut_plan)
@@ -321,6 +366,9 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
                         "robust to a busy device) or median (--format torch)")
     p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
+    p.add_argument("--sample", type=int, help=f"fbnet-v2: block entries to measure (default {DEFAULT_SAMPLE}; "
+                                              f"every stem and head is measured, a block model fitted on these "
+                                              f"predicts the other blocks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")

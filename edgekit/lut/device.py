@@ -246,8 +246,10 @@ class DeviceTimer:
         check_same_kind(self.fingerprint, fp)
 
     def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
-        if isinstance(unit, NetworkUnit) or unit.kind == "stem":
-            x = self.exporter.calib_images()[1]
+        if isinstance(unit, NetworkUnit):
+            x = self.exporter.calib_images(unit.spec.resolution)[1]
+        elif unit.kind == "stem":
+            x = self.exporter.calib_images(unit.in_shape[1])[1]
         else:
             x = self.exporter.calib_for(unit)[1]
         if spec.layout == "NHWC":
@@ -331,10 +333,16 @@ class UnitExporter:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.calib_samples, self.calib_method, self.io_dtype = calib_samples, calib_method, io_dtype
         self.run_samples = run_samples
-        self.reference = tuple(reference) if reference is not None else (REFERENCE_CANDIDATE,) * len(space.layers)
-        space.check_choices(self.reference)
+        if hasattr(space, "check_choices"):  # fbnet-v1: a candidate per layer
+            self.reference = tuple(reference) if reference is not None else (REFERENCE_CANDIDATE,) * len(space.layers)
+            space.check_choices(self.reference)
+        else:  # fbnet-v2: the widest point at each resolution; a narrower input is its first channels
+            if reference is not None:
+                raise ValueError(f"{space.name} calibrates blocks on its widest point's activations; it takes no "
+                                 f"reference choices")
+            self.reference = ("widest",)
         self._activations: tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]] | None = None
-        self._images: tuple[np.ndarray, np.ndarray] | None = None
+        self._images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def path(self, unit: Unit) -> Path:
         ident = json.dumps({"unit": unit.key, "space": self.space.to_dict(), **self._recipe()}, sort_keys=True)
@@ -377,13 +385,13 @@ class UnitExporter:
             model = build_model(arch=unit.spec, num_classes=unit.num_classes, in_chans=unit.in_chans,
                                 resolution=unit.spec.resolution).eval()
             pre = preprocessing_for(model.default_cfg)
-            calib = self.calib_images()[0] if self.precision == "int8" else None
+            calib = self.calib_images(unit.spec.resolution)[0] if self.precision == "int8" else None
             c, h, w = model.default_cfg["input_size"]
             return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
         if not isinstance(unit, BlockSig):
             raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig or a NetworkUnit")
         calib = self.calib_for(unit)[0] if self.precision == "int8" else None
-        pre = preprocessing_for(self._default_cfg()) if unit.kind == "stem" else None
+        pre = preprocessing_for(self._default_cfg(unit.in_shape[1])) if unit.kind == "stem" else None
         torch.manual_seed(0)  # after calib_for, which may build the reference network: same weights in any order
         return unit.module().eval(), torch.zeros(1, *unit.in_shape), calib, pre, None, None
 
@@ -421,60 +429,80 @@ class UnitExporter:
                         metrics=dict(getattr(exp, "metrics", {}) or {}))
 
     # ---- inputs --------------------------------------------------------------------------------
-    def _default_cfg(self) -> dict[str, Any]:
-        c, side = self.space.in_chans, self.space.resolution
+    def _default_cfg(self, side: int | None = None) -> dict[str, Any]:
+        c, side = self.space.in_chans, side or self.space.resolution
         return {"input_size": [c, side, side], "mean": [_ARCH_MEAN] * c, "std": [_ARCH_STD] * c}
 
-    def calib_images(self) -> tuple[np.ndarray, np.ndarray]:
-        """(calibration images from the train split, timed-run images from the test split), NCHW."""
-        if self._images is None:
+    def calib_images(self, side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(calibration images from the train split, timed-run images from the test split), NCHW, at
+        input side ``side`` (default: the space's resolution)."""
+        side = side or self.space.resolution
+        if side not in self._images:
             from ..calibration.data import calibration_batch, preprocessing_for
-            pre = preprocessing_for(self._default_cfg())
-            self._images = (
+            pre = preprocessing_for(self._default_cfg(side))
+            self._images[side] = (
                 calibration_batch(CALIB_SOURCE, pre, samples=self.calib_samples, seed=0, split="train"),
                 calibration_batch(CALIB_SOURCE, pre, samples=self.run_samples, seed=1, split="test"))
-        return self._images
+        return self._images[side]
 
     def calib_for(self, sig: BlockSig) -> tuple[np.ndarray, np.ndarray]:
-        """(calibration, timed-run) inputs of a stem / block / head: images or reference activations."""
+        """(calibration, timed-run) inputs of a stem / block / head: images or reference activations
+        (the first channels of a wider one at the same side, as a narrower network of a channel
+        search sees them)."""
         if sig.kind == "stem":
-            return self.calib_images()
-        key = ("head", sig.in_shape) if sig.kind == "head" else sig.in_shape
+            return self.calib_images(sig.in_shape[1])
+        kind = "head" if sig.kind == "head" else "block"
         calib, run = self.warm()
+        c, h, w = sig.in_shape
+        key = (kind, c, h, w)
         if key not in calib:
-            raise ValueError(f"no layer of the reference network takes input {sig.in_shape} ({sig.key}); the "
-                             f"signature is not of this space")
-        return calib[key], run[key]
+            wider = sorted(k for k in calib if k[0] == kind and k[2:] == (h, w) and k[1] >= c)
+            if not wider:
+                raise ValueError(f"no layer of the reference network takes input {sig.in_shape} or a wider one at "
+                                 f"that side ({sig.key}); the signature is not of this space")
+            key = wider[0]
+        return calib[key][:, :c], run[key][:, :c]
 
     def warm(self) -> tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]]:
         """The reference network's (calibration, timed-run) activations, computed on the first call:
         called before this exporter is sent to other processes (Ray tasks and actors), each copy
         carries them instead of computing them again."""
         if self._activations is None:
-            self._activations = (self._reference_activations(self.calib_images()[0]),
-                                 self._reference_activations(self.calib_images()[1]))
+            calib: dict[Any, np.ndarray] = {}
+            run: dict[Any, np.ndarray] = {}
+            for spec in self._reference_specs():
+                calib.update(self._reference_activations(spec, self.calib_images(spec.resolution)[0]))
+                run.update(self._reference_activations(spec, self.calib_images(spec.resolution)[1]))
+            self._activations = (calib, run)
         return self._activations
 
+    def _reference_specs(self) -> list[Any]:
+        if self.reference != ("widest",):
+            return [self.space.spec(self.reference, name="lut-reference")]
+        widest = self.space.widest()
+        return [self.space.spec({**widest, "resolution": r}, name=f"lut-reference-{r}") for r in self.space.resolutions]
+
     @torch.no_grad()
-    def _reference_activations(self, images: np.ndarray) -> dict[Any, np.ndarray]:
+    def _reference_activations(self, spec: Any, images: np.ndarray) -> dict[Any, np.ndarray]:
+        """``("block", C, H, W)`` -> the activations at the first layer input of that shape,
+        ``("head", C, H, W)`` -> those at the head."""
         from ..models.arch import from_arch
 
         torch.set_num_threads(1)
         torch.manual_seed(0)
-        net = from_arch(self.space.spec(self.reference, name="lut-reference"), num_classes=self.space.num_classes,
-                        in_chans=self.space.in_chans).eval()
+        net = from_arch(spec, num_classes=self.space.num_classes, in_chans=self.space.in_chans).eval()
         x = net.stem(torch.from_numpy(images))
         seen: dict[Any, np.ndarray] = {}
         for stage in net.stages:
             for block in stage:
-                seen.setdefault(tuple(x.shape[1:]), x.numpy().copy())
+                seen.setdefault(("block", *x.shape[1:]), x.numpy().copy())
                 x = block(x)
-        seen[("head", tuple(x.shape[1:]))] = x.numpy().copy()
+        seen[("head", *x.shape[1:])] = x.numpy().copy()
         return seen
 
 
 def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path | None = None, chunk: int = 8,
-                    progress: Any = None):
+                    progress: Any = None, signatures: Sequence[BlockSig] | None = None):
     """``build_lut`` through ``timer``, with the device's own fingerprint in the header.
 
     Resuming ``out``: the stored LUT must be of this device address, format, precision and threads,
@@ -491,7 +519,8 @@ def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path 
             timer.fingerprint = dict(stored.device)
         device = dict(stored.device)
     else:
-        todo = plan(space)
+        todo = plan(space, signatures=signatures)
         device = timer.probe(todo[0]) if todo else {"device": address}
     return build_lut(space, timer, device=device, format=timer.format, precision=timer.precision,
-                     threads=timer.threads, out=out, chunk=chunk, progress=progress, statistic=timer.statistic)
+                     threads=timer.threads, out=out, chunk=chunk, progress=progress, statistic=timer.statistic,
+                     signatures=signatures)

@@ -231,10 +231,12 @@ def _jobs(units: Sequence[Unit], passes: int) -> list[_Job]:
 
 def build_on_devices(space: FBNetV1Space, timers: Sequence[DeviceTimer], *, out: str | Path | None = None,
                      chunk: int = 16, progress: Callable[[int, int], None] | None = None,
-                     ray_address: str | None = None, connect_timeout: float = RAY_CONNECT_TIMEOUT_S) -> Lut:
+                     ray_address: str | None = None, connect_timeout: float = RAY_CONNECT_TIMEOUT_S,
+                     signatures: Sequence[Unit] | None = None) -> Lut:
     """Measure every missing signature of ``space`` on the devices of ``timers`` (one per device, of
     one kind, same recipe and protocol) through Ray; resume ``out`` if it exists (see the module
-    docstring). The timers' ``log`` gets what each device measured; their store gets every result."""
+    docstring). The timers' ``log`` gets what each device measured; their store gets every result.
+    ``signatures`` limits the build to those (a measured share of a large space)."""
     if chunk < 1:
         raise ValueError(f"chunk {chunk} must be >= 1")
     head = _check_timers(timers)
@@ -243,7 +245,7 @@ def build_on_devices(space: FBNetV1Space, timers: Sequence[DeviceTimer], *, out:
                         precision=head.precision, threads=head.threads, statistic=head.statistic)
     build = _Build(lut, None if out is None else Path(out), head.passes, None if stored is None else dict(lut.device),
                    {})
-    todo = plan(space, stored)
+    todo = plan(space, stored, signatures=signatures)
     if stored is not None:
         adopted, todo = _adopt(build.device, todo, timers, since=Path(out).stat().st_mtime)
         for unit, figures in adopted:

@@ -58,6 +58,7 @@ class Lut:
     statistic: str = "median"
     unit: str = UNIT
     notes: tuple[str, ...] = ()
+    block_model: Mapping[str, Any] | None = None  # fbnet-v2: latency against channels, fitted on the entries
 
     def __post_init__(self):
         object.__setattr__(self, "entries", dict(self.entries))
@@ -68,6 +69,8 @@ class Lut:
         _check_networks(self.networks)
         if self.overhead is not None:
             _check_overhead(self.overhead)
+        if self.block_model is not None and not isinstance(self.block_model, Mapping):
+            raise LutError(f"LUT block_model must be an object, not {type(self.block_model).__name__}")
 
     def replace(self, **changes: Any) -> "Lut":
         return dataclasses.replace(self, **changes)
@@ -77,7 +80,8 @@ class Lut:
                 "space": dict(self.space), "device": dict(self.device), "format": self.format,
                 "precision": self.precision, "threads": self.threads,
                 "entries": dict(sorted(self.entries.items())), "networks": [dict(n) for n in self.networks],
-                "overhead": None if self.overhead is None else dict(self.overhead), "notes": list(self.notes)}
+                "overhead": None if self.overhead is None else dict(self.overhead), "notes": list(self.notes),
+                **({} if self.block_model is None else {"block_model": dict(self.block_model)})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -19,8 +19,8 @@ from ..models.arch import ArchSpec
 from .lut import Lut, LutError
 from .space import BlockSig, FBNetV1Space, network_signatures
 
-__all__ = ["OverheadModel", "Prediction", "add_measured_network", "fit_overhead", "mape", "plain_target", "predict",
-           "with_overhead"]
+__all__ = ["OverheadModel", "Prediction", "add_measured_network", "fit_overhead", "mape", "plain_sums", "plain_target",
+           "predict", "with_overhead"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,19 @@ def _where(i: int, n: int) -> str:
 
 
 def lookup(sigs: Sequence[BlockSig], lut: Lut) -> list[float]:
-    """The LUT latency of each signature (identity skips cost 0); a missing entry is an error."""
+    """The LUT latency of each signature (identity skips cost 0); a missing entry is an error, or,
+    for a block of a LUT with a block model (``fbnet-v2``), the model's figure."""
     out = []
+    model = None
     for i, sig in enumerate(sigs):
         if sig.is_identity:
             out.append(0.0)
+            continue
+        if sig.key not in lut.entries and sig.kind == "block" and lut.block_model is not None:
+            if model is None:
+                from ..nas.channel_lut import BlockModel
+                model = BlockModel.from_dict(lut.block_model)
+            out.append(model.predict(sig))
             continue
         try:
             out.append(float(lut.entries[sig.key]))
@@ -110,13 +118,23 @@ def with_overhead(lut: Lut, space: FBNetV1Space, networks: Sequence[Mapping[str,
     """``lut`` with ``networks`` (``{"choices", "ms"}``) appended and the overhead model refitted on all
     of them; the fit's MAPE (and the plain sum's) is recorded beside it."""
     all_nets = [*lut.networks, *networks]
-    plain = [sum(lookup(space.signatures(n["choices"]), lut)) for n in all_nets]
+    plain = plain_sums(space, lut, [n["choices"] for n in all_nets])
     measured = [float(n["ms"]) for n in all_nets]
     model = fit_overhead(list(zip(plain, measured)))
     fitted = [model.predict(p) for p in plain]
     overhead = {"model": "linear", "a_ms": model.a_ms, "b": model.b, "n": len(all_nets),
                 "mape_plain": mape(plain, measured), "mape_fitted": mape(fitted, measured)}
     return lut.replace(networks=tuple(dict(n) for n in all_nets), overhead=overhead)
+
+
+def plain_sums(space: Any, lut: Lut, points: Sequence[Any]) -> list[float]:
+    """The LUT plain sum of each point of ``space`` (fbnet-v1: its choices; fbnet-v2: its point or
+    point list, entries the LUT lacks from its block model)."""
+    if hasattr(space, "as_point"):
+        from ..nas.channel_lut import ChannelLatency
+        table = ChannelLatency(space, lut)
+        return [table.point_ms(p) for p in points]
+    return [float(sum(lookup(space.signatures(p), lut))) for p in points]
 
 
 def plain_target(lut: Lut, target_ms: float) -> tuple[float, str | None]:
@@ -136,9 +154,14 @@ def plain_target(lut: Lut, target_ms: float) -> tuple[float, str | None]:
 
 def add_measured_network(lut: Lut, space: FBNetV1Space, choices: Sequence[str], ms: float) -> Lut:
     """``lut`` with one more measured network; the overhead model is refitted once there are two."""
-    net = {"choices": list(choices), "ms": float(ms)}
-    plain = {sum(lookup(space.signatures(n["choices"]), lut)) for n in (*lut.networks, net)}
+    net = {"choices": _choices_list(space, choices), "ms": float(ms)}
+    plain = set(plain_sums(space, lut, [n["choices"] for n in (*lut.networks, net)]))
     if len(plain) < 2:  # one network, or all with the same plain sum: nothing to fit a line to yet
         return lut.replace(networks=(*lut.networks, net))
     return with_overhead(lut, space, [net])
 
+
+
+def _choices_list(space: Any, choices: Any) -> list[Any]:
+    """A point as a LUT records it: fbnet-v1's candidate names, fbnet-v2's point list."""
+    return space.point_list(space.as_point(choices)) if hasattr(space, "as_point") else list(choices)

@@ -387,8 +387,8 @@ class FBNetV1Space:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FBNetV1Space":
         d = dict(d)
-        if d.pop("name", "fbnet-v1") not in SPACES:
-            raise ValueError(f"unknown space in {d!r}; known spaces: {sorted(SPACES)}")
+        if d.pop("name", "fbnet-v1") != "fbnet-v1":
+            raise ValueError(f"not an fbnet-v1 space record: {d!r}")
         allowed = {"resolution", "width", "in_chans", "num_classes", "head_channels", "stem_channels", "stages",
                    "groups"}
         unknown = sorted(set(d) - allowed)
@@ -401,18 +401,43 @@ class FBNetV1Space:
         return cls(**d)
 
 
-SPACES = {"fbnet-v1": FBNetV1Space}
+class _Spaces(dict):
+    """Space name -> class; ``fbnet-v2`` (``edgekit.nas.dmasking``, which builds on this module) is
+    imported on first use."""
+
+    def __missing__(self, name: str):
+        if name == "fbnet-v2":
+            from ..nas.dmasking import FBNetV2Space
+            self[name] = FBNetV2Space
+            return FBNetV2Space
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in ("fbnet-v1", "fbnet-v2")
+
+    def names(self) -> tuple[str, ...]:
+        return ("fbnet-v1", "fbnet-v2")
 
 
-def get_space(name: str, **knobs: Any) -> FBNetV1Space:
-    """A search space by name with its knobs (resolution, width, in_chans, num_classes, head_channels).
+SPACES = _Spaces({"fbnet-v1": FBNetV1Space})
+
+
+def get_space(name: str, **knobs: Any) -> Any:
+    """A search space by name with its knobs (resolution, width, in_chans, num_classes, head_channels;
+    ``fbnet-v2`` also resolutions, the input sides it searches).
 
     >>> get_space("fbnet-v1", resolution=32, width=0.25, in_chans=1, num_classes=10).layers[6].where
     'layer 7 (stage 3 block 2)'
     """
     if name not in SPACES:
-        close = difflib.get_close_matches(name, SPACES, n=2, cutoff=0.4)
+        close = difflib.get_close_matches(name, SPACES.names(), n=2, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown search space {name!r}{hint} (known: {', '.join(SPACES)})")
+        raise ValueError(f"unknown search space {name!r}{hint} (known: {', '.join(SPACES.names())})")
     knobs = {k: v for k, v in knobs.items() if v is not None}
-    return SPACES[name](**knobs)
+    cls = SPACES[name]
+    if name == "fbnet-v1" and "resolutions" in knobs:
+        raise ValueError("fbnet-v1 searches one input resolution (--resolution); --resolutions is fbnet-v2's")
+    if name == "fbnet-v2":
+        side = knobs.get("resolution", 224)
+        knobs.setdefault("resolutions", tuple(r for r in (side, side * 3 // 4) if r >= 8))
+    return cls(**knobs)

@@ -17,8 +17,12 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     from .dnas import DnasConfig, save_spec, search
 
     lut = load_lut(args.lut, format=args.format, precision=args.precision, threads=args.threads)
+    if args.space not in SPACES:
+        raise ValueError(f"unknown search space {args.space!r} (known: {', '.join(SPACES.names())})")
     if lut.space.get("name") != args.space:
-        raise ValueError(f"{args.lut} is a LUT of space {lut.space.get('name')!r}, not {args.space!r}")
+        hint = (" (a channel search reads a channel-aware table: `edgekit lut build --space fbnet-v2`)"
+                if args.space == "fbnet-v2" else "")
+        raise ValueError(f"{args.lut} is a LUT of space {lut.space.get('name')!r}, not {args.space!r}{hint}")
     space = SPACES[args.space].from_dict(lut.space)
     target, target_note = (None, None) if args.target_ms is None else plain_target(lut, args.target_ms)
     if args.measure and lut.format != "torch" and lut.device.get("device") is None:
@@ -35,7 +39,11 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
 
     if target_note and not args.json:
         out.print(f"note: {target_note}", markup=False, highlight=False, soft_wrap=True)
-    result = search(space, lut, data=args.data, config=config, progress=progress)
+    if args.space == "fbnet-v2":
+        from .channel_search import search_channels
+        result = search_channels(space, lut, data=args.data, config=config, progress=progress)
+    else:
+        result = search(space, lut, data=args.data, config=config, progress=progress)
     save_spec(result, args.out)
     measured = _measure_spec(args, lut, space, result) if args.measure else None
     if args.json:
@@ -46,7 +54,7 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     fitted = "" if p.fitted_ms is None else f", {p.fitted_ms:.4f} ms with the overhead model"
     out.print(f"wrote {args.out}: predicted {p.plain_ms:.4f} ms (LUT sum{fitted}); space spans "
               f"{result.fastest_ms:.4f}-{result.slowest_ms:.4f} ms", highlight=False, soft_wrap=True)
-    out.print("choices: " + " ".join(result.choices), markup=False, highlight=False, soft_wrap=True)
+    out.print("choices: " + _describe(result), markup=False, highlight=False, soft_wrap=True)
     for note in result.notes:
         out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if measured is not None:
@@ -58,6 +66,14 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
                   + (", overhead model refitted)" if measured["overhead_refitted"] else ")"),
                   markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _describe(result) -> str:
+    if hasattr(result, "point"):
+        p = result.point
+        return (f"{p['resolution']} px, stem {p['stem']}, " +
+                " ".join(f"{b}/{c}/e{e:g}" for b, c, e in p["layers"]))
+    return " ".join(result.choices)
 
 
 def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
@@ -93,8 +109,10 @@ def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
 def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     nas = sub.add_parser("nas", help="hardware-aware architecture search")
     nsub = nas.add_subparsers(dest="nas_command", required=True)
-    p = nsub.add_parser("search", help="FBNet v1 DNAS over a space with a LUT; writes the searched ArchSpec")
-    p.add_argument("--space", default="fbnet-v1")
+    p = nsub.add_parser("search", help="FBNet v1 DNAS or FBNetV2 DMaskingNAS over a space with its LUT; writes the "
+                                       "searched ArchSpec")
+    p.add_argument("--space", default="fbnet-v1", help="fbnet-v1 (a block per layer) or fbnet-v2 (channels, "
+                                                       "expansions, block types, input resolution)")
     p.add_argument("--lut", required=True, help="LUT JSON of the space (its knobs set the space's scale)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a directory of IDX files or class folders")
     p.add_argument("--target-ms", type=float, help="latency target in ms on the LUT's device (mapped to the LUT's plain "

@@ -30,8 +30,8 @@ kernels, so a table read at a fractional "effective" width would be wrong.
 The supernet (:class:`SuperNetV2`) holds every layer once at its widest (:class:`MixedIR`: a 5x5
 depthwise kernel whose centre is the 3x3 choice, the SE gate and both activations mixed by the
 block-type weights' marginals), so its memory is about the widest network's, whatever the number of
-choices. What is here is the space, the supernet's forward and the latency expectation; the search
-loop on a device-measured channel-aware table is not built yet.
+choices. The channel-aware table is :mod:`edgekit.nas.channel_lut`, the search loop
+:mod:`edgekit.nas.channel_search`.
 
 >>> space = FBNetV2Space(resolution=32, resolutions=(32, 24), width=0.25, in_chans=1, num_classes=10)
 >>> len(space.layers), space.lut_entries() > 0
@@ -53,6 +53,7 @@ from .._checks import check_count
 from ..models.arch import ArchSpec, BlockSpec, ClassifierHead, HeadSpec, StemSpec
 from ..models.fbnet import get_divisible_by
 from ..models.layers import ConvBNAct, make_act
+from ..lut.space import BlockSig, network_signatures
 
 __all__ = ["BLOCK_TYPES", "FBNetV2Space", "V2Layer", "MaskedIR", "MixedIR", "SuperNetV2", "channel_choices", "channel_mask",
            "expected_latency", "hidden_mask", "interleave", "narrow_block", "sample_positions", "subsample"]
@@ -150,9 +151,7 @@ class FBNetV2Space:
         stages = [tuple(b for layer, b in zip(self.layers, blocks) if layer.stage == s)
                   for s in range(1, len(self.stages) + 1)]
         return ArchSpec(name or f"{self.name}-searched", StemSpec(point["stem"], act="hswish"), tuple(stages),
-                        HeadSpec(self._scaled((self.head_channels,))[0], type="ir_pool", act="hswish",
-                                 classifier="conv"),
-                        channel_divisor=8, resolution=point["resolution"])
+                        self.head_spec(), channel_divisor=8, resolution=point["resolution"])
 
     @staticmethod
     def _block(layer: V2Layer, block: str, channels: int, expansion: float) -> BlockSpec:
@@ -222,6 +221,78 @@ class FBNetV2Space:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+    # ---- signatures: what a channel-aware latency table is keyed on -------------------------------
+    def sides(self, resolution: int) -> list[int]:
+        """The input side of every layer at input ``resolution``, then the head's."""
+        side, out = _side(resolution, 2), []
+        for layer in self.layers:
+            out.append(side)
+            side = _side(side, layer.stride)
+        return out + [side]
+
+    def head_spec(self) -> HeadSpec:
+        return HeadSpec(self._scaled((self.head_channels,))[0], type="ir_pool", act="hswish", classifier="conv")
+
+    def stem_signature(self, resolution: int, channels: int) -> BlockSig:
+        return BlockSig("stem", (self.in_chans, resolution, resolution), stem=StemSpec(channels, act="hswish"))
+
+    def layer_signature(self, layer: V2Layer, resolution: int, block: str, c_in: int, c_out: int,
+                        expansion: float) -> BlockSig:
+        side = self.sides(resolution)[layer.index - 1]
+        return BlockSig("block", (c_in, side, side), block=self._block(layer, block, c_out, expansion),
+                        channel_divisor=8)
+
+    def head_signature(self, resolution: int, channels: int) -> BlockSig:
+        side = self.sides(resolution)[-1]
+        return BlockSig("head", (channels, side, side), head=self.head_spec(), num_classes=self.num_classes)
+
+    def signatures(self, point: dict[str, Any] | Sequence[Any]) -> list[BlockSig]:
+        """Stem, every layer's block and head of a point (or of its list form, :meth:`point_list`)."""
+        point = self.as_point(point)
+        return network_signatures(self.spec(point), in_chans=self.in_chans, num_classes=self.num_classes)
+
+    def distinct_signatures(self, *, include_identity: bool = False) -> list[BlockSig]:
+        """Every distinct (block type, input channels, output channels, expansion, input side) of the
+        space, stem and head included: what a fully measured channel-aware table holds. Layers of
+        one stage after its first share their signatures, so this is fewer than :meth:`lut_entries`."""
+        seen: dict[str, BlockSig] = {}
+        for sig in self._all_signatures():
+            if include_identity or not sig.is_identity:
+                seen.setdefault(sig.key, sig)
+        return list(seen.values())
+
+    def _all_signatures(self):
+        for r in self.resolutions:
+            for c in self.stem_choices:
+                yield self.stem_signature(r, c)
+            prev = self.stem_choices
+            for layer in self.layers:
+                for block, c_in, c_out, e in itertools.product((t[0] for t in BLOCK_TYPES), prev, layer.channels,
+                                                              layer.expansions):
+                    yield self.layer_signature(layer, r, block, c_in, c_out, e)
+                prev = layer.channels
+            for c in prev:
+                yield self.head_signature(r, c)
+
+    # ---- points as plain lists (how a LUT records its measured networks) ------------------------
+    @staticmethod
+    def point_list(point: dict[str, Any]) -> list[Any]:
+        """``[resolution, stem, [block, channels, expansion], ...]``: a point as JSON-able list."""
+        return [point["resolution"], point["stem"], *[[b, c, e] for b, c, e in point["layers"]]]
+
+    def as_point(self, point: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
+        """A point from itself or its :meth:`point_list` form, checked."""
+        if not isinstance(point, dict):
+            items = list(point)
+            if len(items) < 2:
+                raise ValueError(f"{self.name}: a point list is [resolution, stem, [block, channels, expansion], "
+                                 f"...], got {items!r}")
+            point = {"resolution": items[0], "stem": items[1],
+                     "layers": [tuple(x) if isinstance(x, (list, tuple)) else x for x in items[2:]]}
+        point = {**point, "layers": [tuple(x) for x in point["layers"]]}
+        self.check(point)
+        return point
 
     def widest(self) -> dict[str, Any]:
         return {"resolution": self.resolutions[0], "stem": self.stem_choices[-1],
@@ -431,8 +502,7 @@ class SuperNetV2(nn.Module):
                                   pw=layer.expansions != (1.0,)))
             prev = layer.channels[-1]
         self.blocks = nn.ModuleList(blocks)
-        self.head = ClassifierHead(HeadSpec(space._scaled((space.head_channels,))[0], type="ir_pool", act="hswish",
-                                            classifier="conv"), prev, space.num_classes, bn_eps=1e-5, bn_momentum=0.1)
+        self.head = ClassifierHead(space.head_spec(), prev, space.num_classes, bn_eps=1e-5, bn_momentum=0.1)
 
     def forward(self, x: Tensor, arch: dict[str, Tensor]) -> Tensor:
         """``arch``: ``resolution`` (R,), ``stem`` (S,), and per layer ``block`` (8,), ``channels`` and

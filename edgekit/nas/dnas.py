@@ -270,13 +270,22 @@ def search(space: FBNetV1Space, lut: Lut, *, data: str = "fashion-mnist", config
     return _search(space, lut, table, x, y, config, progress)
 
 
-def _below_fastest(space: FBNetV1Space, lut: Lut, table: LatencyTable, config: DnasConfig) -> SearchResult | None:
-    fastest, fast_ms = table.fastest()
+def fastest_instead(space: Any, fastest: Any, fast_ms: float, config: DnasConfig) -> tuple[ArchSpec, str] | None:
+    """With a target below the fastest point (its plain sum ``fast_ms``): that point's spec and the
+    note saying so; else None."""
     if config.target_ms is None or config.target_ms >= fast_ms:
         return None
-    spec = space.spec(fastest, name=f"{space.name}-fastest")
     note = (f"target {config.target_ms:g} ms is below the fastest point of the space ({fast_ms:.4g} ms by the "
             f"LUT's plain sum): no search can reach it, so this is the fastest point")
+    return space.spec(fastest, name=f"{space.name}-fastest"), note
+
+
+def _below_fastest(space: FBNetV1Space, lut: Lut, table: LatencyTable, config: DnasConfig) -> SearchResult | None:
+    fastest, fast_ms = table.fastest()
+    instead = fastest_instead(space, fastest, fast_ms, config)
+    if instead is None:
+        return None
+    spec, note = instead
     return SearchResult(spec, fastest, predict(spec, lut), config.target_ms, fast_ms, table.slowest_ms(),
                         notes=(note,), config=_config_dict(config))
 
@@ -291,6 +300,26 @@ def _split(n: int, config: DnasConfig) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(config.seed).permutation(n)
     cut = int(round(n * config.split))
     return order[:cut], order[cut:]
+
+
+def check_inputs(space: Any, x: np.ndarray) -> None:
+    """Refuse images that are not (N, in_chans, resolution, resolution) of the space."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != (space.in_chans, space.resolution, space.resolution):
+        raise ValueError(f"inputs of shape {x.shape} do not match the space's (N, {space.in_chans}, "
+                         f"{space.resolution}, {space.resolution})")
+
+
+def _training(config: DnasConfig, n: int, weights: Sequence[nn.Parameter], theta: Sequence[nn.Parameter]):
+    """The 80 / 20 split of ``n`` images and the optimizers: SGD with a cosine schedule for the
+    weights, Adam for the architecture."""
+    w_idx, t_idx = _split(n, config)
+    if min(len(w_idx), len(t_idx)) < config.batch_size:
+        raise ValueError(f"{n} images split {len(w_idx)}/{len(t_idx)} leave a split smaller than a batch of "
+                         f"{config.batch_size}; use more images or a smaller batch")
+    w_opt = torch.optim.SGD(weights, lr=config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay)
+    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=config.epochs)
+    t_opt = torch.optim.Adam(theta, lr=config.theta_lr, weight_decay=config.theta_weight_decay)
+    return w_idx, t_idx, w_opt, w_sched, t_opt
 
 
 def _batches(idx: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -312,23 +341,14 @@ def search_arrays(space: FBNetV1Space, lut: Lut, x: np.ndarray, y: np.ndarray, *
 def _search(space: FBNetV1Space, lut: Lut, table: LatencyTable, x: np.ndarray, y: np.ndarray, config: DnasConfig,
             progress: Callable[[dict[str, float]], None] | None) -> SearchResult:
     """The search itself, after the LUT's space and the target's reachability were checked."""
-    if x.ndim != 4 or tuple(x.shape[1:]) != (space.in_chans, space.resolution, space.resolution):
-        raise ValueError(f"inputs of shape {x.shape} do not match the space's (N, {space.in_chans}, "
-                         f"{space.resolution}, {space.resolution})")
+    check_inputs(space, x)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     net = SuperNet(space, lut, table=table)
     _, fast_ms = table.fastest()
     slowest_ms = table.slowest_ms()
     unit = config.latency_unit_ms or fast_ms / math.e
-    w_idx, t_idx = _split(len(x), config)
-    if min(len(w_idx), len(t_idx)) < config.batch_size:
-        raise ValueError(f"{len(x)} images split {len(w_idx)}/{len(t_idx)} leave a split smaller than a batch of "
-                         f"{config.batch_size}; use more images or a smaller batch")
-    w_opt = torch.optim.SGD(net.weights(), lr=config.w_lr, momentum=config.w_momentum,
-                            weight_decay=config.w_weight_decay)
-    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=config.epochs)
-    t_opt = torch.optim.Adam([net.theta], lr=config.theta_lr, weight_decay=config.theta_weight_decay)
+    w_idx, t_idx, w_opt, w_sched, t_opt = _training(config, len(x), net.weights(), [net.theta])
     rng = np.random.default_rng(config.seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     beta, history = config.beta, []
@@ -439,6 +459,18 @@ def _plain(space: FBNetV1Space, choices: Sequence[str], lut: Lut) -> float:
     return float(sum(lookup(space.signatures(choices), lut)))
 
 
+def architecture_loss(ce: torch.Tensor, latency: torch.Tensor, unit: float, beta: float,
+                      config: DnasConfig) -> torch.Tensor:
+    """``log(CE * alpha * log(LAT / unit)^beta)``: at every step the paper loss's gradient direction
+    (scaled by 1 / loss), and finite where the product overflows float32 (``log(LAT)^beta`` at beta ~
+    100)."""
+    lat_log = torch.log(latency / unit)
+    if float(lat_log.detach()) <= 0:
+        raise ValueError(f"log(LAT / unit) is {float(lat_log.detach()):.3g} <= 0 with latency_unit_ms {unit:g}: "
+                         f"use a unit below {float(latency.detach()) / math.e:.3g} ms (or None for LAT_min / e)")
+    return torch.log(ce) + math.log(config.alpha) + beta * torch.log(lat_log)
+
+
 def _set_trainable(params: Sequence[nn.Parameter], on: bool) -> None:
     for p in params:
         p.requires_grad_(on)
@@ -470,14 +502,7 @@ def _train_theta(net: SuperNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     lo, hi = config.beta_range
     for idx in batches:
         logits, latency = net(x[idx], tau)
-        ce = F.cross_entropy(logits, y[idx])
-        lat_log = torch.log(latency / unit)
-        if float(lat_log.detach()) <= 0:
-            raise ValueError(f"log(LAT / unit) is {float(lat_log.detach()):.3g} <= 0 with latency_unit_ms {unit:g}: "
-                             f"use a unit below {float(latency.detach()) / math.e:.3g} ms (or None for LAT_min / e)")
-        # log(CE * alpha * log(LAT)^beta): at every step the paper loss's gradient direction (scaled by
-        # 1 / loss), and finite where the product overflows float32 (log(LAT)^beta at beta ~ 100)
-        loss = torch.log(ce) + math.log(config.alpha) + beta * torch.log(lat_log)
+        loss = architecture_loss(F.cross_entropy(logits, y[idx]), latency, unit, beta, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,221 @@
+"""FBNetV2's DMaskingNAS on measured latency (``fbnet-v2``, Fashion-MNIST scale: 1 channel, 10
+classes, width 0.5), on the local device. Steps:
+
+- ``size``: how many entries a channel-aware table has (layer-wise, the expectation's terms; and
+  distinct, what a full build would measure) at 32 and 64 px.
+- ``lut``: ``edgekit lut build --space fbnet-v2`` with ``--sample`` measured blocks (every stem and
+  head), its block model's error on held-out measured entries, ``--networks`` whole networks for the
+  overhead fit; then ``edgekit lut check --samples``: the plain sum and the fitted figure against
+  networks measured whole. Wall time and cost per entry.
+- ``memory``: peak resident memory (each in a fresh process) of the search (supernet + architecture
+  steps) against training the space's widest network alone on the same images and batches, and the
+  seconds per epoch of each.
+
+    .venv/bin/python bench/dmasking.py --steps size
+    .venv/bin/python bench/dmasking.py --steps lut --resolution 32 --sample 400 --networks 10 --check 20
+    .venv/bin/python bench/dmasking.py --steps memory --limit 2000
+
+Writes bench/results/dmasking.json (steps run on separate occasions accumulate, each with its command
+and date) and dmasking.md; exported files go to bench/out/dmasking/ (gitignored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import OUT, RESULTS, fingerprint, write_json  # noqa: E402
+
+STEPS = ("size", "lut", "memory")
+EDGEKIT = str(ROOT / ".venv" / "bin" / "edgekit")
+SCALE = ["--width", "0.5", "--in-chans", "1", "--num-classes", "10"]
+
+
+def _space(resolution: int):
+    from edgekit.lut.space import get_space
+    return get_space("fbnet-v2", resolution=resolution, width=0.5, in_chans=1, num_classes=10)
+
+
+def step_size() -> dict[str, Any]:
+    out = {}
+    for side in (32, 64):
+        space = _space(side)
+        sigs = space.distinct_signatures()
+        out[str(side)] = {"resolutions": list(space.resolutions), "layer_wise": space.lut_entries(),
+                          "distinct": len(sigs), "distinct_blocks": sum(s.kind == "block" for s in sigs)}
+    return out
+
+
+def _run(cmd: list[str]) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout), seconds
+
+
+def step_lut(args: argparse.Namespace) -> dict[str, Any]:
+    work = OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}"
+    work.mkdir(parents=True, exist_ok=True)
+    lut = work / "lut.json"
+    build = [EDGEKIT, "lut", "build", "--space", "fbnet-v2", "--resolution", str(args.resolution), *SCALE,
+             "--format", args.format, "--precision", args.precision, "--sample", str(args.sample),
+             "--networks", str(args.networks), "--out", str(lut), "--json"]
+    built, build_s = _run(build)
+    check = [EDGEKIT, "lut", "check", "--lut", str(lut), "--samples", str(args.check), "--json"]
+    checked, check_s = _run(check)
+    return {"build_command": " ".join(build[1:]), "check_command": " ".join(check[1:]),
+            "build_seconds": round(build_s, 1), "entries": built["entries"], "cost": built["cost"],
+            "block_model": {k: built["block_model"][k] for k in ("measured", "held_out", "fit", "all_after_refit")},
+            "overhead": built["overhead"], "check_seconds": round(check_s, 1),
+            "check": {k: checked[k] for k in ("plain", "lut_overhead", "held_out") if k in checked}}
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(1)
+from edgekit.lut.space import get_space
+from edgekit.nas.dnas import DnasConfig, load_arrays, _batches, _split
+import numpy as np
+kind, side, limit, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+space = get_space("fbnet-v2", resolution=side, width=0.5, in_chans=1, num_classes=10)
+x, y = load_arrays(space, "fashion-mnist", limit)
+config = DnasConfig(epochs=epochs + 1, warmup_epochs=0, limit=limit)
+t0 = time.perf_counter()
+if kind == "search":
+    import torch.nn.functional as F
+    from edgekit.nas.channel_search import ArchParams, _Latency
+    from edgekit.nas.dmasking import SuperNetV2
+    net, arch = SuperNetV2(space).train(), ArchParams(space)
+    w_idx, t_idx = _split(len(x), config)
+    w_opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    t_opt = torch.optim.Adam(arch.parameters(), lr=0.01)
+    rng = np.random.default_rng(0)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for epoch in range(epochs):
+        for idx in _batches(w_idx, 64, rng):
+            with torch.no_grad():
+                s = arch.sample(5.0)
+            loss = F.cross_entropy(net(xt[idx], s), yt[idx]); w_opt.zero_grad(); loss.backward(); w_opt.step()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        for idx in _batches(t_idx, 64, rng):
+            s = arch.sample(5.0)
+            loss = F.cross_entropy(net(xt[idx], s), yt[idx]); t_opt.zero_grad(); loss.backward(); t_opt.step()
+        for p in net.parameters():
+            p.requires_grad_(True)
+else:
+    import torch.nn.functional as F
+    from edgekit.models import from_arch
+    net = from_arch(space.spec(space.widest()), num_classes=10, in_chans=1).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for epoch in range(epochs):
+        for idx in _batches(np.arange(len(x)), 64, rng):
+            loss = F.cross_entropy(net(xt[idx]), yt[idx]); opt.zero_grad(); loss.backward(); opt.step()
+seconds = time.perf_counter() - t0
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds_per_epoch": seconds / epochs}))
+"""
+
+
+def step_memory(args: argparse.Namespace) -> dict[str, Any]:
+    out = {"limit": args.limit, "epochs": args.epochs, "resolution": args.resolution,
+           "note": "the search: weights on 80 % and architecture on 20 % of the images per epoch (every image "
+                   "once); the widest network: all images per epoch; batch 64, 1 thread, each a fresh process"}
+    for kind in ("widest", "search"):
+        cmd = [sys.executable, "-c", _MEMORY_CHILD, kind, str(args.resolution), str(args.limit), str(args.epochs)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"memory {kind} failed: {done.stderr.strip()[-2000:]}")
+        out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["peak_ratio"] = out["search"]["peak_rss_mb"] / out["widest"]["peak_rss_mb"]
+    out["epoch_ratio"] = out["search"]["seconds_per_epoch"] / out["widest"]["seconds_per_epoch"]
+    return out
+
+
+def table(doc: dict[str, Any]) -> str:
+    lines = ["# fbnet-v2 (DMaskingNAS) on measured latency", "",
+             f"Machine: {doc.get('machine', {}).get('cpu', '?')}. Reproduce: see each section's command.", ""]
+    if "size" in doc:
+        lines += ["## Table size", "", "| input | resolutions | layer-wise entries | distinct entries |",
+                  "|---:|---|---:|---:|"]
+        for side, s in doc["size"]["result"].items():
+            lines.append(f"| {side} px | {', '.join(map(str, s['resolutions']))} | {s['layer_wise']:,} | "
+                         f"{s['distinct']:,} |")
+        lines.append("")
+    for key, run in sorted(doc.get("lut", {}).items()):
+        r = run["result"]
+        h = r["block_model"]["held_out"]
+        lines += [f"## LUT {key}", "", f"`edgekit {r['build_command']}` ({r['build_seconds']:.0f} s, "
+                  f"{r['entries']} entries), then `edgekit {r['check_command']}` ({r['check_seconds']:.0f} s); "
+                  f"{run['date']}.", "",
+                  f"Block model on {h['n']} held-out measured blocks: MAPE {h['mape']:.1f} %, "
+                  f"{100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %).", "",
+                  "| networks | n | within 10 % | MAPE % | Spearman |", "|---|---:|---:|---:|---:|"]
+        c = r["check"]
+        rows = [("plain sum", c["plain"])]
+        if c.get("lut_overhead"):
+            rows.append(("LUT overhead model", c["lut_overhead"]["all"]))
+        if "fitted" in c.get("held_out", {}):
+            rows.append(("fit on part, held-out", c["held_out"]["fitted"]))
+        for label, m in rows:
+            sp = "-" if m["spearman"] is None else f"{m['spearman']:.2f}"
+            lines.append(f"| {label} | {m['n']} | {100 * m['within_10pct']:.0f} % | {m['mape']:.1f} | {sp} |")
+        lines.append("")
+    if "memory" in doc:
+        m = doc["memory"]["result"]
+        lines += ["## Search memory and time", "", f"`{doc['memory']['command']}` ({doc['memory']['date']}): "
+                  f"{m['limit']} images, {m['epochs']} epoch(s) at {m['resolution']} px. {m['note']}.", "",
+                  "| | peak RSS MB | s per epoch |", "|---|---:|---:|",
+                  f"| widest network alone | {m['widest']['peak_rss_mb']:.0f} | {m['widest']['seconds_per_epoch']:.1f} |",
+                  f"| search | {m['search']['peak_rss_mb']:.0f} | {m['search']['seconds_per_epoch']:.1f} |",
+                  f"| ratio | {m['peak_ratio']:.2f} | {m['epoch_ratio']:.2f} |", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", default="size", help=f"comma-separated: {', '.join(STEPS)}")
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--format", default="onnx")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--sample", type=int, default=400)
+    ap.add_argument("--networks", type=int, default=10)
+    ap.add_argument("--check", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=1)
+    args = ap.parse_args()
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise SystemExit(f"unknown step(s) {unknown}; steps: {', '.join(STEPS)}")
+    path = RESULTS / "dmasking.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc["machine"] = fingerprint(sys.argv)
+    stamp = {"command": "python bench/dmasking.py " + " ".join(sys.argv[1:]),
+             "date": time.strftime("%Y-%m-%d %H:%M")}
+    if "size" in steps:
+        doc["size"] = {**stamp, "result": step_size()}
+    if "lut" in steps:
+        key = f"{args.resolution}px-{args.format}-{args.precision}-sample{args.sample}"
+        doc.setdefault("lut", {})[key] = {**stamp, "result": step_lut(args)}
+    if "memory" in steps:
+        doc["memory"] = {**stamp, "result": step_memory(args)}
+    write_json(path, doc)
+    (RESULTS / "dmasking.md").write_text(table(doc))
+    print(table(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,7 @@ def _law(sig) -> float:
     if sig.kind != "block":
         return 0.01 + 1e-7 * float(np.prod(sig.in_shape))
     t = TYPES.index(block_type(sig))
-    coef = np.array([0.005 + 0.001 * t, 0.002, 2e-8, 1e-7, 3e-8 * (1 + t % 2), 2e-7, 1e-8, 1e-7, 5e-8, 1e-7])
+    coef = np.array([0.005 + 0.001 * t, 0.002, 0.001, 2e-8, 1e-7, 3e-8 * (1 + t % 2), 2e-7, 1e-8, 1e-7, 5e-8, 1e-7])
     return float(block_features(sig) @ coef)
 
 
@@ -74,7 +74,7 @@ def test_the_table_counts_and_the_measurement_plan():
     assert {s.key for s in plan if s.kind != "block"} == {s.key for s in distinct if s.kind != "block"}
     for kind, side, stride in {(block_type(s), s.in_shape[1], s.block.stride) for s in blocks}:
         group = [s for s in blocks if (block_type(s), s.in_shape[1], s.block.stride) == (kind, side, stride)]
-        size = {s.key: block_features(s)[2:].sum() for s in group}
+        size = {s.key: block_features(s)[3:].sum() for s in group}
         chosen = {s.key for s in plan} & set(size)
         assert min(size, key=size.get) in chosen and max(size, key=size.get) in chosen
     assert measurement_plan(TINY, SAMPLE, seed=1) == plan

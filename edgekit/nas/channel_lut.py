@@ -14,7 +14,8 @@ narrowest and widest configuration and the rest are drawn at random.
 
 The model (:class:`BlockModel`): per block type (kernel, squeeze-excitation, activation) a
 non-negative linear model of latency on the work of the block's ops at the signature's channels,
-expansion and side: a per-call cost, the 1x1 expansion conv's presence, its multiply-adds and output
+expansion and side: a per-call cost, the 1x1 expansion conv's and the residual add's presence (each
+an op of its own), the expansion conv's multiply-adds and output
 elements, the depthwise conv's multiply-adds and output elements, the 1x1 projection's
 multiply-adds, the output elements, the residual add and the input elements (the
 squeeze-excitation's pooling and gating scale with the depthwise output, which the per-type fit
@@ -52,7 +53,8 @@ from .dmasking import BLOCK_TYPES, FBNetV2Space
 __all__ = ["FEATURES", "BlockModel", "ChannelLatency", "block_features", "block_type", "fit_block_model",
            "measurement_plan"]
 
-FEATURES = ("call", "pw_call", "pw_macs", "pw_out", "dw_macs", "dw_out", "pwl_macs", "out", "residual", "in")
+FEATURES = ("call", "pw_call", "residual_call", "pw_macs", "pw_out", "dw_macs", "dw_out", "pwl_macs", "out", "residual",
+            "in")
 HOLD_OUT = 0.2  # share of the measured block entries the model's check keeps out of its fit
 
 
@@ -77,7 +79,7 @@ def block_features(sig: BlockSig) -> np.ndarray:
     mid = get_divisible_by(c_in * b.expansion, sig.channel_divisor) if pw else c_in
     area, out_area = h * w, _ceil_div(h, b.stride) * _ceil_div(w, b.stride)
     residual = b.stride == 1 and c_in == b.out_channels
-    return np.array([1.0, float(pw), c_in * mid * area if pw else 0.0, mid * area if pw else 0.0,
+    return np.array([1.0, float(pw), float(residual), c_in * mid * area if pw else 0.0, mid * area if pw else 0.0,
                      mid * b.kernel ** 2 * out_area, mid * out_area, mid * b.out_channels * out_area,
                      b.out_channels * out_area, b.out_channels * out_area if residual else 0.0, c_in * area],
                     dtype=np.float64)
@@ -103,8 +105,9 @@ class BlockModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BlockModel":
         if d.get("model") != "channel-linear" or list(d.get("features", ())) != list(FEATURES):
-            raise LutError(f"the LUT's block model is not a channel-linear model over {list(FEATURES)}; rebuild it "
-                           f"with `edgekit lut build --space fbnet-v2`")
+            raise LutError(f"the LUT's block model is not a channel-linear model over {list(FEATURES)}; run its "
+                           f"`edgekit lut build --space fbnet-v2 ... --out` again: it refits the model on the stored "
+                           f"entries")
         coef = d.get("coef") or {}
         for kind, c in coef.items():
             if len(c) != len(FEATURES) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in c):
@@ -177,7 +180,7 @@ def measurement_plan(space: FBNetV2Space, sample: int, *, seed: int = 0) -> list
         groups.setdefault((block_type(s), s.in_shape[1], s.block.stride), []).append(s)
     corners: dict[str, BlockSig] = {}
     for group in groups.values():
-        size = [float(block_features(s)[2:].sum()) for s in group]
+        size = [float(block_features(s)[3:].sum()) for s in group]
         for s in (group[int(np.argmin(size))], group[int(np.argmax(size))]):
             corners.setdefault(s.key, s)
     chosen = list(corners.values())

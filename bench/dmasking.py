@@ -7,6 +7,10 @@ classes, width 0.5), on the local device. Steps:
   head), its block model's error on held-out measured entries, ``--networks`` whole networks for the
   overhead fit; then ``edgekit lut check --samples``: the plain sum and the fitted figure against
   networks measured whole. Wall time and cost per entry.
+- ``search``: ``edgekit nas search --space fbnet-v2 --measure`` on the ``lut`` step's table at three
+  targets (a quarter, half and three quarters of the way from the fastest to the slowest point, in
+  device milliseconds through the LUT's overhead model) and ``--seeds``: the measured latency of
+  each searched network against its target.
 - ``memory``: peak resident memory (each in a fresh process) of the search (supernet + architecture
   steps) against training the space's widest network alone on the same images and batches, and the
   seconds per epoch of each.
@@ -14,6 +18,7 @@ classes, width 0.5), on the local device. Steps:
     .venv/bin/python bench/dmasking.py --steps size
     .venv/bin/python bench/dmasking.py --steps lut --resolution 32 --sample 400 --networks 10 --check 20
     .venv/bin/python bench/dmasking.py --steps memory --limit 2000
+    .venv/bin/python bench/dmasking.py --steps search --resolution 32 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
 
 Writes bench/results/dmasking.json (steps run on separate occasions accumulate, each with its command
 and date) and dmasking.md; exported files go to bench/out/dmasking/ (gitignored).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import OUT, RESULTS, fingerprint, write_json  # noqa: E402
 
-STEPS = ("size", "lut", "memory")
+STEPS = ("size", "lut", "memory", "search")
 EDGEKIT = str(ROOT / ".venv" / "bin" / "edgekit")
 SCALE = ["--width", "0.5", "--in-chans", "1", "--num-classes", "10"]
 
@@ -63,9 +69,8 @@ def _run(cmd: list[str]) -> tuple[dict[str, Any], float]:
 
 
 def step_lut(args: argparse.Namespace) -> dict[str, Any]:
-    work = OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}"
-    work.mkdir(parents=True, exist_ok=True)
-    lut = work / "lut.json"
+    lut = _lut_path(args)
+    lut.parent.mkdir(parents=True, exist_ok=True)
     build = [EDGEKIT, "lut", "build", "--space", "fbnet-v2", "--resolution", str(args.resolution), *SCALE,
              "--format", args.format, "--precision", args.precision, "--sample", str(args.sample),
              "--networks", str(args.networks), "--out", str(lut), "--json"]
@@ -77,6 +82,42 @@ def step_lut(args: argparse.Namespace) -> dict[str, Any]:
             "block_model": {k: built["block_model"][k] for k in ("measured", "held_out", "fit", "all_after_refit")},
             "overhead": built["overhead"], "check_seconds": round(check_s, 1),
             "check": {k: checked[k] for k in ("plain", "lut_overhead", "held_out") if k in checked}}
+
+
+def _lut_path(args: argparse.Namespace) -> Path:
+    return OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}" / "lut.json"
+
+
+def step_search(args: argparse.Namespace) -> dict[str, Any]:
+    from edgekit.lut.lut import load_lut
+    from edgekit.nas.channel_lut import ChannelLatency
+
+    lut_path = _lut_path(args)
+    if not lut_path.exists():
+        raise SystemExit(f"{lut_path} does not exist: run the lut step first with the same --resolution, --format, "
+                         f"--precision and --sample")
+    lut = load_lut(lut_path)
+    from edgekit.lut.space import SPACES
+    table = ChannelLatency(SPACES["fbnet-v2"].from_dict(lut.space), lut)
+    fast, slow = table.fastest()[1], table.slowest()[1]
+    o = lut.overhead or {"a_ms": 0.0, "b": 1.0}
+    runs = []
+    for share in (0.25, 0.5, 0.75):
+        target = o["a_ms"] + o["b"] * (fast + share * (slow - fast))  # device ms
+        for seed in (int(s) for s in args.seeds.split(",")):
+            out = lut_path.parent / f"search-{share}-{seed}.json"
+            cmd = [EDGEKIT, "nas", "search", "--space", "fbnet-v2", "--lut", str(lut_path), "--target-ms",
+                   f"{target:.5f}", "--seed", str(seed), "--epochs", str(args.epochs), "--limit", str(args.limit),
+                   "--measure", "--out", str(out), "--json"]
+            doc, seconds = _run(cmd)
+            m = doc["measured"]
+            runs.append({"share": share, "seed": seed, "target_ms": round(target, 5), "seconds": round(seconds, 1),
+                         "measured_ms": m["measured_ms"], "error_pct": 100 * (m["measured_ms"] - target) / target,
+                         "plain_ms": m["plain_ms"], "fitted_ms": m["fitted_ms"], "point": doc["point"],
+                         "peak_rss_mb": doc["peak_rss_mb"], "command": " ".join(cmd[1:])})
+            lut = load_lut(lut_path)  # --measure refitted its overhead model
+    within = sum(abs(r["error_pct"]) <= 5 for r in runs)
+    return {"runs": runs, "within_5pct": within, "n": len(runs), "limit": args.limit, "epochs": args.epochs}
 
 
 _MEMORY_CHILD = r"""
@@ -159,7 +200,7 @@ def table(doc: dict[str, Any]) -> str:
         h = r["block_model"]["held_out"]
         lines += [f"## LUT {key}", "", f"`edgekit {r['build_command']}` ({r['build_seconds']:.0f} s, "
                   f"{r['entries']} entries), then `edgekit {r['check_command']}` ({r['check_seconds']:.0f} s); "
-                  f"{run['date']}.", "",
+                  f"{run['date']}, load average {run.get('loadavg_start', ['?'])[0]} at the start.", "",
                   f"Block model on {h['n']} held-out measured blocks: MAPE {h['mape']:.1f} %, "
                   f"{100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %).", "",
                   "| networks | n | within 10 % | MAPE % | Spearman |", "|---|---:|---:|---:|---:|"]
@@ -175,12 +216,22 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("")
     if "memory" in doc:
         m = doc["memory"]["result"]
-        lines += ["## Search memory and time", "", f"`{doc['memory']['command']}` ({doc['memory']['date']}): "
+        lines += ["## Search memory and time", "", f"`{doc['memory']['command']}` ({doc['memory']['date']}, load "
+                  f"average {doc['memory'].get('loadavg_start', ['?'])[0]} at the start): "
                   f"{m['limit']} images, {m['epochs']} epoch(s) at {m['resolution']} px. {m['note']}.", "",
                   "| | peak RSS MB | s per epoch |", "|---|---:|---:|",
                   f"| widest network alone | {m['widest']['peak_rss_mb']:.0f} | {m['widest']['seconds_per_epoch']:.1f} |",
                   f"| search | {m['search']['peak_rss_mb']:.0f} | {m['search']['seconds_per_epoch']:.1f} |",
                   f"| ratio | {m['peak_ratio']:.2f} | {m['epoch_ratio']:.2f} |", ""]
+    for key, run in sorted(doc.get("search", {}).items()):
+        r = run["result"]
+        lines += [f"## Searches on the LUT {key}", "", f"`{run['command']}` ({run['date']}): {r['limit']} images, "
+                  f"{r['epochs']} epoch(s); {r['within_5pct']} of {r['n']} measured within +-5 % of the target.", "",
+                  "| target share | seed | target ms | measured ms | error | search s |", "|---:|---:|---:|---:|---:|---:|"]
+        for x in r["runs"]:
+            lines.append(f"| {x['share']:g} | {x['seed']} | {x['target_ms']:.4f} | {x['measured_ms']:.4f} | "
+                         f"{x['error_pct']:+.1f} % | {x['seconds']:.0f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -195,6 +246,7 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=20)
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seeds", default="0,1")
     args = ap.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
@@ -204,7 +256,7 @@ def main() -> None:
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc["machine"] = fingerprint(sys.argv)
     stamp = {"command": "python bench/dmasking.py " + " ".join(sys.argv[1:]),
-             "date": time.strftime("%Y-%m-%d %H:%M")}
+             "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
     if "size" in steps:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:
@@ -212,6 +264,9 @@ def main() -> None:
         doc.setdefault("lut", {})[key] = {**stamp, "result": step_lut(args)}
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
+    if "search" in steps:
+        key = f"{args.resolution}px-{args.format}-{args.precision}-sample{args.sample}"
+        doc.setdefault("search", {})[key] = {**stamp, "result": step_search(args)}
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

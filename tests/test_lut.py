@@ -413,7 +413,7 @@ def test_rank_correlations_and_accuracy():
 
 
 @pytest.mark.slow
-def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tmp_path):
+def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(device_build, tmp_path):
     store = ResultStore(tmp_path / "results.db")
     units = MICRO.distinct_signatures()[:4]
     timer = _device_timer(tmp_path / "two", store, workers=2)
@@ -421,10 +421,10 @@ def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tm
     assert len(ms) == 4 and all(m > 0 for m in ms)
     assert [u.key for u in timer.log] == [u.key for u in units]
     assert all(not u.reused and u.export_s > 0 for u in timer.log)  # exported for this build, by prepare
-    one = _device_timer(tmp_path / "one", store)
+    one = _device_timer(device_build["work"], store)  # the module's build: every unit, in this process
     for unit in units:
         path, _, reused = one.exporter.artifact(unit)
-        assert not reused and path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
+        assert reused and path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
     again = _device_timer(tmp_path / "two", store, workers=2)
     again.prepare(units)  # everything is there: nothing exported, no worker started
     again(units[:1])

@@ -118,10 +118,21 @@ _SETUP_S = pytest.StashKey[float]()
 # The modules that take longest, longest first (test-seconds of a whole run, rounded): pytest-xdist
 # hands modules to its two workers in collection order, so these start first and the many short
 # modules fill in around them. Alphabetical order started the longest (test_zoo_onnx, about a
-# third of the suite) last, on one worker, while the other sat idle.
-LONGEST_FIRST = ("test_zoo_onnx.py", "test_export_tflite.py", "test_boards.py", "test_lut.py", "test_lut_ray.py",
-                 "test_export.py", "test_devices_ssh.py", "test_models.py", "test_devices.py", "test_nas.py",
-                 "test_timm.py", "test_devices_layers.py")
+# third of the suite) last, on one worker, while the other sat idle. The LUT and board modules,
+# which pin their timed runs to one core, come early so that they run beside the two export
+# sweeps, which pin nothing.
+LONGEST_FIRST = ("test_zoo_onnx.py", "test_export_tflite.py", "test_lut.py", "test_boards.py", "test_models.py",
+                 "test_export_onnx.py", "test_lut_ray.py", "test_timm.py", "test_export.py", "test_devices.py",
+                 "test_devices_layers.py", "test_sensitivity.py", "test_nas.py", "test_devices_ssh.py")
+
+
+def pytest_configure(config):
+    # pytest-xdist 3.6 and later hand out loadfile's modules by their number of tests, most first,
+    # unless told not to: that order, not LONGEST_FIRST, was the one used (test_models, with the most
+    # tests, first; the ONNX sweep fifth; test_lut_ray and test_export, a minute each in a few tests,
+    # among the last)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):

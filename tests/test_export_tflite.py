@@ -4,7 +4,8 @@ every concat) and by numbers on real Fashion-MNIST images; the int8-only graph r
 equivalence in PyTorch; the errors a user sees.
 
 Fast tier: one small registry model (module fixtures convert it once per precision) plus graph-level
-checks that convert nothing. Slow tier: one variant of each of the nine families.
+checks that convert nothing. Slow tier: the rewritten ops converted both ways, and one variant of each
+of the nine families.
 """
 import gzip
 from pathlib import Path
@@ -20,7 +21,8 @@ pytest.importorskip("ai_edge_quantizer", reason="TFLite int8 needs ai-edge-quant
 pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
 
 from edgekit.exporters.tflite import (INT8_KERNEL_OPS, ConversionError, benchmark_tflite,  # noqa: E402
-                                      export_tflite_fp32, export_tflite_int8, op_list, run_tflite)
+                                      export_tflite_fp32, export_tflite_int8, op_list, plan_tflite_int8,
+                                      quantize_tflite, run_tflite)
 from edgekit.exporters.tflite.conversion import prepare  # noqa: E402
 from edgekit.exporters.tflite.interpreter import make_interpreter  # noqa: E402
 from edgekit.exporters.tflite.tools import describe_failure  # noqa: E402
@@ -35,13 +37,17 @@ MINIGHOST_FLOOR = 32.0
 # one variant per family for the slow tier, at its smallest input (32 px; FBNetV3: 49), with the int8
 # SQNR floor (dB, vs PyTorch, 64 held-out images, 128 calibration images). Floors sit ~6 dB under
 # what these settings measured: efficientnet_b0 50.4, efficientnetv2_s 32.9, espnet_v1_c 31.3,
-# espnetv2_1_0 32.6, fbnet_c 28.7, fbnetv2_f1 39.3, fbnetv3_a 44.4, ghostnet_1_0 34.3,
+# espnetv2_1_0 32.6, fbnet_a 32.6, fbnetv2_f1 39.3, fbnetv3_a 44.4, ghostnet_1_0 34.3,
 # ghostnetv2_1_0 42.8. (FBNetV3-B is FBNetV3-A's network at a larger input: at one input size the two
-# are the same graph and weights, so only A is here.)
+# are the same graph and weights, so only A is here. FBNet v1 is FBNet-A: its blocks are C's kinds
+# plus the grouped ones, whose channel shuffles the converter must fold.)
 FAMILIES = {
     "ghostnet_1_0": 28.0, "ghostnetv2_1_0": 36.0, "efficientnet_b0": 44.0, "efficientnetv2_s": 27.0,
-    "fbnetv3_a": 38.0, "fbnet_c": 22.0, "fbnetv2_f1": 33.0, "espnetv2_1_0": 26.0, "espnet_v1_c": 25.0,
+    "fbnetv3_a": 38.0, "fbnet_a": 26.0, "fbnetv2_f1": 33.0, "espnetv2_1_0": 26.0, "espnet_v1_c": 25.0,
 }
+# the families whose graph an int8 rewrite changes (hard-swish, PReLU, average pooling, BN after an
+# add or a concat): their int8 file is quantized from a float graph that is not the fp32 file
+REWRITTEN = {"ghostnetv2_1_0", "fbnetv3_a", "fbnetv2_f1", "espnetv2_1_0", "espnet_v1_c"}
 
 
 # ---- real data --------------------------------------------------------------------------------------
@@ -347,6 +353,28 @@ def test_fp32_graph_is_not_rewritten():
     assert any("hardswish" in t for t in targets) and any("avg_pool2d" in t for t in targets)
 
 
+@pytest.mark.slow
+def test_rewritten_ops_keep_their_float_kernels_in_fp32_and_lose_them_for_int8():
+    """The fp32 file converts hard-swish, hard-sigmoid, PReLU, average pooling and BN after an add
+    or a concat as they are (HARD_SWISH, AVERAGE_POOL_2D; PReLU as RELU and MUL), without TRANSPOSE
+    and at PyTorch's numbers; the float graph an int8 file is quantized from has them rewritten,
+    equally without TRANSPOSE and at PyTorch's numbers. (The families below check the float graph
+    they are quantized from; where a rewrite applies, this test is the check of those ops' own fp32
+    conversion.)"""
+    torch.manual_seed(0)
+    model = _Patterns().eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    fp32 = export_tflite_fp32(model, x[:1])
+    rewritten = plan_tflite_int8(model, x[:1], x.numpy()).fp32
+    assert {"HARD_SWISH", "AVERAGE_POOL_2D", "RELU"} <= set(fp32.op_histogram), fp32.op_histogram  # RELU: PReLU's
+    assert not {"HARD_SWISH", "AVERAGE_POOL_2D", "PRELU", "RELU"} & set(rewritten.op_histogram), rewritten.op_histogram
+    for exp in (fp32, rewritten):
+        assert exp.op_histogram.get("TRANSPOSE", 0) == 0, exp.op_histogram
+        assert _sqnr(ref, exp(_nhwc(x.numpy()))) > 80.0
+
+
 # ---- channel shuffles: folded into the conv before them, in fp32 and int8 alike -----------------------
 
 class _Shuffled(nn.Module):
@@ -395,17 +423,6 @@ def test_channel_shuffle_beside_a_conv_is_folded_into_it():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_fbnet_with_grouped_blocks_converts_without_transpose(fmnist):
-    model, calib, test, example, ref = _case("fbnet_a", 32, fmnist, 64)
-    fp32 = export_tflite_fp32(model, example)
-    int8 = export_tflite_int8(model, example, calib)
-    for exp in (fp32, int8):
-        assert exp.op_histogram.get("TRANSPOSE", 0) == 0, exp.op_histogram
-    assert _sqnr(ref, fp32(_nhwc(test))) > 70.0
-    assert int8.quant_op_count == 0, int8.op_histogram
-
-
 # ---- slow: one variant of each family ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -416,19 +433,26 @@ def family_data(fmnist):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_fp32_and_int8(name, family_data):
+    """One conversion per family: the float graph its int8 file is quantized from, checked as an
+    fp32 file (no TRANSPOSE, PyTorch's numbers), then quantized. Where no int8 rewrite applies it is
+    the fp32 file byte for byte; where one does, the rewritten ops' fp32 conversion is checked by
+    test_rewritten_ops_keep_their_float_kernels_in_fp32_and_lose_them_for_int8."""
     fmnist = family_data
     model, calib, test, example, ref = _case(name, max(32, get_cfg(name).min_resolution), fmnist, 128)
 
-    fp32 = export_tflite_fp32(model, example)
+    plan = plan_tflite_int8(model, example, calib)
+    fp32 = plan.fp32
     assert fp32.op_histogram.get("TRANSPOSE", 0) == 0, fp32.op_histogram
     got = fp32(_nhwc(test))
     if got.ndim == 4:  # a segmentation map comes out NHWC as well
         assert fp32.outputs[0].layout == "NHWC"
         got = got.transpose(0, 3, 1, 2)
     assert _sqnr(ref, got) > 70.0
+    if name not in REWRITTEN:  # no rewrite: the same graph, converted once
+        assert export_tflite_fp32(model, example).model_bytes == fp32.model_bytes
 
-    int8 = export_tflite_int8(model, example, calib)
-    assert int8.quant_op_count == 0, int8.op_histogram
+    int8 = quantize_tflite(plan)
+    assert int8.quant_op_count == 0 and int8.op_histogram.get("TRANSPOSE", 0) == 0, int8.op_histogram
     ops = op_list(int8.model_bytes)
     assert all(op["inputs"][0]["dtype"] == "int8" and op["inputs"][1]["dtype"] == "int8"
                for op in ops if op["op"] in INT8_KERNEL_OPS)

@@ -24,6 +24,9 @@ SMALL = dict(resolution=32, width=0.25, in_chans=1, num_classes=10)
 # four layers, same candidates: what a LUT build or a search can afford inside a test
 TINY = FBNetV1Space(resolution=16, width=0.25, in_chans=1, num_classes=10, head_channels=256,
                     stages=((16, 1, 1), (24, 2, 2), (32, 1, 2)), groups=None)
+# TINY's first two layers: the onnxruntime LUT exports every block, and its point does not need four
+TWO_LAYERS = FBNetV1Space(resolution=16, width=0.25, in_chans=1, num_classes=10, head_channels=256,
+                          stages=((16, 1, 1), (24, 1, 2)), groups=None)
 
 
 def _torch_lut(space: FBNetV1Space, **kw) -> Lut:
@@ -290,16 +293,17 @@ def test_measure_networks_stores_networks_and_fit(tiny_lut):
 @pytest.mark.slow
 def test_onnxruntime_lut_and_overhead_fit_reduce_error(tmp_path):
     """ONNX fp32 blocks timed in onnxruntime: the plain sum counts the per-session run cost once per
-    block, so it misses whole-network latency; the linear overhead fit (on other networks) corrects it."""
+    block, so it misses whole-network latency; the linear overhead fit (on other networks) corrects it.
+    Two layers (19 blocks, each an ONNX export): measured 65-190 % plain against 20-30 % fitted."""
     timer = OrtTimer(runs=30, warmup=5)
     out = tmp_path / "ort.json"
-    lut = build_lut(TINY, timer, device=local_fingerprint(timer.runtime, 1), format="onnx", precision="fp32",
+    lut = build_lut(TWO_LAYERS, timer, device=local_fingerprint(timer.runtime, 1), format="onnx", precision="fp32",
                     threads=1, out=out)
-    assert plan(TINY, load_lut(out, format="onnx")) == []
-    lut = measure_networks(lut, TINY, timer, samples=8, seed=1)
-    held_out = [TINY.sample(1000 + i) for i in range(5)]
-    measured = timer([NetworkUnit(TINY.spec(c, name=f"h{i}"), 1, 10) for i, c in enumerate(held_out)])
-    preds = [predict(TINY.spec(c), lut) for c in held_out]
+    assert plan(TWO_LAYERS, load_lut(out, format="onnx")) == []
+    lut = measure_networks(lut, TWO_LAYERS, timer, samples=8, seed=1)
+    held_out = [TWO_LAYERS.sample(1000 + i) for i in range(5)]
+    measured = timer([NetworkUnit(TWO_LAYERS.spec(c, name=f"h{i}"), 1, 10) for i, c in enumerate(held_out)])
+    preds = [predict(TWO_LAYERS.spec(c), lut) for c in held_out]
     plain = mape([p.plain_ms for p in preds], measured)
     fitted = mape([p.fitted_ms for p in preds], measured)
     assert fitted < plain, (plain, fitted, lut.overhead)
@@ -413,7 +417,7 @@ def test_rank_correlations_and_accuracy():
 
 
 @pytest.mark.slow
-def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tmp_path):
+def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(device_build, tmp_path):
     store = ResultStore(tmp_path / "results.db")
     units = MICRO.distinct_signatures()[:4]
     timer = _device_timer(tmp_path / "two", store, workers=2)
@@ -421,10 +425,10 @@ def test_units_exported_ahead_by_two_workers_are_the_files_one_process_writes(tm
     assert len(ms) == 4 and all(m > 0 for m in ms)
     assert [u.key for u in timer.log] == [u.key for u in units]
     assert all(not u.reused and u.export_s > 0 for u in timer.log)  # exported for this build, by prepare
-    one = _device_timer(tmp_path / "one", store)
+    one = _device_timer(device_build["work"], store)  # the module's build: every unit, in this process
     for unit in units:
         path, _, reused = one.exporter.artifact(unit)
-        assert not reused and path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
+        assert reused and path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
     again = _device_timer(tmp_path / "two", store, workers=2)
     again.prepare(units)  # everything is there: nothing exported, no worker started
     again(units[:1])

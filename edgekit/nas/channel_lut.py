@@ -263,15 +263,15 @@ class ChannelLatency:
                 cost = flat[np.arange(flat.shape[0]), idx]
             total = cost + self.head[ri]
             j = int(pick(total))
-            if best_ms is not None and not (pick(np.array([best_ms, total[j]])) == 1):
-                continue
+            if best_ms is not None and pick(np.array([best_ms, total[j]])) == 0:
+                continue  # an earlier resolution's point is as fast (or as slow) or more
             layers = []
             for (idx, shape), layer in zip(reversed(back), reversed(space.layers)):
                 b, i, k = np.unravel_index(idx[j], (shape[0], shape[1], shape[3]))
                 layers.append((types[b], layer.channels[j], layer.expansions[k]))
                 j = int(i)
             best_point = {"resolution": r, "stem": space.stem_choices[j], "layers": layers[::-1]}
-            best_ms = float(total[int(pick(total))])
+            best_ms = float(total.min() if pick is np.argmin else total.max())
         assert best_point is not None and best_ms is not None
         return best_point, best_ms
 

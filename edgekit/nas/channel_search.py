@@ -35,7 +35,7 @@ from ..lut.predict import Prediction, predict
 from ..models.arch import ArchSpec
 from .channel_lut import ChannelLatency
 from .dmasking import BLOCK_TYPES, FBNetV2Space, SuperNetV2, expected_latency
-from .dnas import (DnasConfig, _batches, _config_dict, _notes, _training, architecture_loss, check_inputs,
+from .dnas import (DnasConfig, _batches, _config_dict, _notes, _set_trainable, _training, architecture_loss, check_inputs,
                    fastest_instead, load_arrays)
 
 __all__ = ["ArchParams", "ChannelSearchResult", "most_likely_point", "search_channels", "search_channels_arrays"]
@@ -284,8 +284,7 @@ def _search(space: FBNetV2Space, lut: Lut, table: ChannelLatency, x: np.ndarray,
         w_sched.step()
         w_loss, t_loss = total / max(seen, 1), math.nan
         if epoch >= config.warmup_epochs:
-            for p in net.parameters():
-                p.requires_grad_(False)
+            _set_trainable(list(net.parameters()), False)  # gradients flow through the weights to the logits
             total, seen = 0.0, 0
             for idx in _batches(t_idx, config.batch_size, rng):
                 sample = arch.sample(tau)
@@ -299,8 +298,7 @@ def _search(space: FBNetV2Space, lut: Lut, table: ChannelLatency, x: np.ndarray,
                     expected = float(latency.expected(arch.probabilities()))
                     beta = min(hi, max(lo, beta * math.exp(config.beta_gain * (expected - config.target_ms)
                                                            / config.target_ms)))
-            for p in net.parameters():
-                p.requires_grad_(True)
+            _set_trainable(list(net.parameters()), True)
             t_loss = total / max(seen, 1)
         record = {"epoch": epoch + 1, "tau": tau, "beta": beta, "w_loss": w_loss, "theta_log_loss": t_loss,
                   "expected_ms": float(latency.expected(arch.probabilities())),

@@ -4,9 +4,10 @@ classes, width 0.5), on the local device. Steps:
 - ``size``: how many entries a channel-aware table has (layer-wise, the expectation's terms; and
   distinct, what a full build would measure) at 32 and 64 px.
 - ``lut``: ``edgekit lut build --space fbnet-v2`` with ``--sample`` measured blocks (every stem and
-  head), its block model's error on held-out measured entries, ``--networks`` whole networks for the
-  overhead fit; then ``edgekit lut check --samples``: the plain sum and the fitted figure against
-  networks measured whole. Wall time and cost per entry.
+  head; ``--space fbnet-v1``: every block), its block model's error on held-out measured entries,
+  ``--chains`` chains measured whole for the junction model, ``--networks`` whole networks for the
+  overhead fit; then ``edgekit lut check --samples``: the entries alone, the plain sum (entries and
+  junctions) and the fitted figure against networks measured whole. Wall time and cost per entry.
 - ``search``: ``edgekit nas search --space fbnet-v2 --measure`` on the ``lut`` step's table at three
   targets (a quarter, half and three quarters of the way from the fastest to the slowest point, in
   device milliseconds through the LUT's overhead model) and ``--seeds``: the measured latency of
@@ -17,6 +18,7 @@ classes, width 0.5), on the local device. Steps:
 
     .venv/bin/python bench/dmasking.py --steps size
     .venv/bin/python bench/dmasking.py --steps lut --resolution 32 --sample 400 --networks 10 --check 20
+    .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format tflite --precision int8 --check 20
     .venv/bin/python bench/dmasking.py --steps memory --limit 2000
     .venv/bin/python bench/dmasking.py --steps search --resolution 32 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
 
@@ -71,21 +73,42 @@ def _run(cmd: list[str]) -> tuple[dict[str, Any], float]:
 def step_lut(args: argparse.Namespace) -> dict[str, Any]:
     lut = _lut_path(args)
     lut.parent.mkdir(parents=True, exist_ok=True)
-    build = [EDGEKIT, "lut", "build", "--space", "fbnet-v2", "--resolution", str(args.resolution), *SCALE,
-             "--format", args.format, "--precision", args.precision, "--sample", str(args.sample),
+    sample = ["--sample", str(args.sample)] if args.space == "fbnet-v2" else []
+    build = [EDGEKIT, "lut", "build", "--space", args.space, "--resolution", str(args.resolution), *_scale(args),
+             "--format", args.format, "--precision", args.precision, *sample, "--chains", str(args.chains),
              "--networks", str(args.networks), "--out", str(lut), "--json"]
     built, build_s = _run(build)
     check = [EDGEKIT, "lut", "check", "--lut", str(lut), "--samples", str(args.check), "--json"]
     checked, check_s = _run(check)
+    model = built.get("block_model")
     return {"build_command": " ".join(build[1:]), "check_command": " ".join(check[1:]),
             "build_seconds": round(build_s, 1), "entries": built["entries"], "cost": built["cost"],
-            "block_model": {k: built["block_model"][k] for k in ("measured", "held_out", "fit", "all_after_refit")},
-            "overhead": built["overhead"], "check_seconds": round(check_s, 1),
-            "check": {k: checked[k] for k in ("plain", "lut_overhead", "held_out") if k in checked}}
+            "block_model": None if model is None else {k: model[k] for k in ("measured", "held_out", "fit",
+                                                                              "all_after_refit")},
+            "junctions": built.get("junctions"), "overhead": built["overhead"], "check_seconds": round(check_s, 1),
+            "check": {k: checked[k] for k in ("plain", "entries", "lut_overhead", "held_out") if k in checked}}
+
+
+def _scale(args: argparse.Namespace) -> list[str]:
+    """Fashion-MNIST scale (1 channel, 10 classes; fbnet-v2 at width 0.5, fbnet-v1 at 0.25 as ``make
+    demo``), or ``--imagenet-head``: 3 channels, 1,000 classes, width 1.0."""
+    if args.imagenet_head:
+        return ["--width", "1.0", "--in-chans", "3", "--num-classes", "1000"]
+    return ["--width", "0.5" if args.space == "fbnet-v2" else "0.25", "--in-chans", "1", "--num-classes", "10"]
+
+
+def _lut_key(args: argparse.Namespace) -> str:
+    space = "" if args.space == "fbnet-v2" else f"{args.space}-"
+    sample = f"-sample{args.sample}" if args.space == "fbnet-v2" else ""
+    head = "-imagenet-head" if args.imagenet_head else ""
+    chains = f"-chains{args.chains}" if args.chains else ""
+    return f"{space}{args.resolution}px-{args.format}-{args.precision}{sample}{head}{chains}"
 
 
 def _lut_path(args: argparse.Namespace) -> Path:
-    return OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}" / "lut.json"
+    if args.space == "fbnet-v2" and not args.imagenet_head and not args.chains:  # the first builds' folders
+        return OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}" / "lut.json"
+    return OUT / "dmasking" / f"lut-{_lut_key(args)}" / "lut.json"
 
 
 def step_search(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +131,8 @@ def step_search(args: argparse.Namespace) -> dict[str, Any]:
             out = lut_path.parent / f"search-{share}-{seed}.json"
             cmd = [EDGEKIT, "nas", "search", "--space", "fbnet-v2", "--lut", str(lut_path), "--target-ms",
                    f"{target:.5f}", "--seed", str(seed), "--epochs", str(args.epochs), "--limit", str(args.limit),
-                   "--measure", "--out", str(out), "--json"]
+                   "--measure", "--out", str(out), "--json",
+                   *(["--train-threads", str(args.train_threads)] if args.train_threads else [])]
             doc, seconds = _run(cmd)
             m = doc["measured"]
             runs.append({"share": share, "seed": seed, "target_ms": round(target, 5), "seconds": round(seconds, 1),
@@ -195,17 +219,31 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"| {side} px | {', '.join(map(str, s['resolutions']))} | {s['layer_wise']:,} | "
                          f"{s['distinct']:,} |")
         lines.append("")
+    if doc.get("lut"):
+        lines += _summary(doc["lut"])
     for key, run in sorted(doc.get("lut", {}).items()):
         r = run["result"]
-        h = r["block_model"]["held_out"]
         lines += [f"## LUT {key}", "", f"`edgekit {r['build_command']}` ({r['build_seconds']:.0f} s, "
                   f"{r['entries']} entries), then `edgekit {r['check_command']}` ({r['check_seconds']:.0f} s); "
-                  f"{run['date']}, load average {run.get('loadavg_start', ['?'])[0]} at the start.", "",
-                  f"Block model on {h['n']} held-out measured blocks: MAPE {h['mape']:.1f} %, "
-                  f"{100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %).", "",
-                  "| networks | n | within 10 % | MAPE % | Spearman |", "|---|---:|---:|---:|---:|"]
+                  f"{run['date']}, load average {run.get('loadavg_start', ['?'])[0]} at the start.", ""]
+        if r.get("block_model"):
+            h = r["block_model"]["held_out"]
+            lines += [f"Block model on {h['n']} held-out measured blocks: MAPE {h['mape']:.1f} %, "
+                      f"{100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %).", ""]
+        j = r.get("junctions")
+        if j:
+            cold = ""
+            if j.get("cache_kib"):
+                cold = (f", cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond the {j['cache_kib']:.0f} KiB "
+                        f"L2 ({j['errors']['cold_chains']} chains outgrow it; {100 * (j['cold_share'] or 0):.0f} % of "
+                        f"networks, {'applied' if j['cold_on'] else 'not applied'})")
+            lines += [f"Junction model on {j['n']} chains measured whole: per crossing {1000 * j['a_ms']:+.2f} us "
+                      f"{1000 * j['b_ms_per_kib']:+.3f} us/KiB{cold}; held-out chains off by "
+                      f"{1000 * j['errors']['held_out_mae_ms']:.2f} us on average.", ""]
+        lines += ["| networks | n | within 10 % | MAPE % | Spearman |", "|---|---:|---:|---:|---:|"]
         c = r["check"]
-        rows = [("plain sum", c["plain"])]
+        rows = [("entries alone", c["entries"])] if c.get("entries") else []
+        rows.append(("plain sum" + (" (entries + junctions)" if c.get("entries") else ""), c["plain"]))
         if c.get("lut_overhead"):
             rows.append(("LUT overhead model", c["lut_overhead"]["all"]))
         if "fitted" in c.get("held_out", {}):
@@ -235,9 +273,32 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _summary(luts: dict[str, Any]) -> list[str]:
+    """One line per LUT with junctions: the plain sum without and with them, and after the fit."""
+    rows = [(k, r["result"]) for k, r in sorted(luts.items()) if r["result"]["check"].get("entries")]
+    if not rows:
+        return []
+    lines = ["## Plain sum against networks measured whole", "",
+             "Within +-10 % of the measured latency: the entries alone (FBNet's sum), the plain sum with the "
+             "junctions measured on chains (no whole network fitted), and the overhead model fitted on part of the "
+             "checked networks, on the rest.", "",
+             "| LUT | networks | entries alone | plain sum | MAPE plain % | fitted, held-out |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for key, r in rows:
+        c = r["check"]
+        held = c.get("held_out", {}).get("fitted")
+        lines.append(f"| {key} | {c['plain']['n']} | {100 * c['entries']['within_10pct']:.0f} % | "
+                     f"{100 * c['plain']['within_10pct']:.0f} % | {c['plain']['mape']:.1f} | "
+                     + ("-" if held is None else f"{100 * held['within_10pct']:.0f} % of {held['n']}") + " |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="size", help=f"comma-separated: {', '.join(STEPS)}")
+    ap.add_argument("--space", default="fbnet-v2", choices=("fbnet-v1", "fbnet-v2"), help="the lut step's space")
+    ap.add_argument("--imagenet-head", action="store_true", help="lut step: 3 channels, 1,000 classes, width 1.0")
+    ap.add_argument("--chains", type=int, default=32, help="lut step: chains for the junction model (0: none)")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--format", default="onnx")
     ap.add_argument("--precision", default="fp32")
@@ -247,6 +308,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--train-threads", type=int, help="search step: torch threads for training (default torch's)")
     args = ap.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
@@ -260,13 +322,11 @@ def main() -> None:
     if "size" in steps:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:
-        key = f"{args.resolution}px-{args.format}-{args.precision}-sample{args.sample}"
-        doc.setdefault("lut", {})[key] = {**stamp, "result": step_lut(args)}
+        doc.setdefault("lut", {})[_lut_key(args)] = {**stamp, "result": step_lut(args)}
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:
-        key = f"{args.resolution}px-{args.format}-{args.precision}-sample{args.sample}"
-        doc.setdefault("search", {})[key] = {**stamp, "result": step_search(args)}
+        doc.setdefault("search", {})[_lut_key(args)] = {**stamp, "result": step_search(args)}
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

@@ -13,6 +13,7 @@ import torch
 
 from edgekit.cli import main
 from edgekit.lut import Lut, TorchTimer, build_lut, load_lut, local_fingerprint, predict, save_lut
+from edgekit.lut.junction import JunctionModel
 from edgekit.models import ArchSpec
 from edgekit.nas.channel_lut import (FEATURES, BlockModel, ChannelLatency, block_features, block_type,
                                      fit_block_model, measurement_plan)
@@ -114,13 +115,21 @@ def test_the_measured_table_fills_its_gaps_from_the_model_and_predicts_as_lut_pr
                                          layer.channels.index(sig.block.out_channels),
                                          layer.expansions.index(sig.block.expansion)]
     assert cell == ms  # a measured entry is read as measured
+    joined = tiny_lut.replace(junctions={"chains": [], "model": JunctionModel((-0.003, 0.0004), 4).to_dict()})
+    table = ChannelLatency(TINY, joined)
+    for seed in range(6):  # the junction into each block and the head, at its input channels and side
+        point = TINY.sample(seed)
+        p = predict(TINY.spec(point), joined)
+        assert table.point_ms(point) == pytest.approx(p.plain_ms) and p.plain_ms != pytest.approx(p.entries_ms)
 
 
 def test_fastest_slowest_and_the_budget_derivation_are_exact_over_the_enumeration(tiny_lut):
     """Over all 65,536 points of TINY: the fastest and slowest plain sums, and the most likely point
     within a window (log-probabilities seeded) lies in it and is at least as likely as every point
     inside the window shrunk by the derivation's grid rounding."""
-    table = ChannelLatency(TINY, _lawful(tiny_lut, [s.key for s in TINY.distinct_signatures()]))
+    lawful = _lawful(tiny_lut, [s.key for s in TINY.distinct_signatures()])
+    table = ChannelLatency(TINY, lawful.replace(junctions={"chains": [], "model": JunctionModel(
+        (-0.002, 0.0003), 4).to_dict()}))
     rng = np.random.default_rng(0)
     lp = {"resolution": np.log(rng.dirichlet(np.ones(2))), "stem": np.log(rng.dirichlet(np.ones(2))),
           "block": [np.log(rng.dirichlet(np.ones(8))) for _ in TINY.layers],

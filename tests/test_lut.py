@@ -485,12 +485,16 @@ def test_cli_lut_build_prints_progress_with_eta_and_resumes(tmp_path, capsys):
             "--chunk", "40", "--out", str(tmp_path / "lut.json")]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    bars = [ln for ln in lines if "measured" in ln and "ETA" in ln]
+    bars = [ln for ln in lines if "measured" in ln and "ETA" in ln and "chains" not in ln]
     assert len(bars) == 3 and "measured 104/104" in bars[-1] and "ETA 0:00" in bars[-1], lines
     assert bars[0].lstrip().startswith("[" + "#" * 9) and "measured 40/104" in bars[0]
+    chains = [ln for ln in lines if "chains measured" in ln and "ETA" in ln]
+    assert chains and "chains measured 38/38" in chains[-1], lines  # 32 of 4 units, 6 whole networks
+    assert any(ln.startswith("junctions: 38 chains measured whole; per crossing") for ln in lines), lines
     assert main(args) == 0  # resumed: nothing left to measure
     assert not [ln for ln in capsys.readouterr().out.splitlines() if "ETA" in ln]
     assert len(load_lut(tmp_path / "lut.json").entries) == 104
+    assert len(load_lut(tmp_path / "lut.json").junctions["chains"]) == 38
     assert load_lut(tmp_path / "lut.json").statistic == "median"
     assert main([*args, "--statistic", "min"]) == 2
     assert "--format torch times eager PyTorch by the median" in capsys.readouterr().err

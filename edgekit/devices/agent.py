@@ -626,13 +626,38 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def cpu_caches(core: int = 0, root: str = "/sys/devices/system/cpu") -> dict[str, int] | None:
+    """The data and unified caches of ``core`` in KiB by level (``{"L1d": 48, "L2": 2048, ...}``), from
+    Linux's sysfs (Android's too); None where it is not readable."""
+    import os
+    base = f"{root}/cpu{core}/cache"
+    try:
+        names = sorted(n for n in os.listdir(base) if n.startswith("index"))
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for name in names:
+        level, kind, size = (_read(f"{base}/{name}/{f}") for f in ("level", "type", "size"))
+        if not (level and kind and size) or kind.strip() == "Instruction":
+            continue
+        size = size.strip().upper()
+        scale = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(size[-1:], None)
+        digits = size[:-1] if scale else size
+        if not digits.isdigit():
+            continue
+        kib = int(digits) * scale if scale else int(digits) // 1024
+        out[f"L{level.strip()}" + ("d" if kind.strip() == "Data" else "")] = kib
+    return out or None
+
+
 def fingerprint(runner: Runner | None, threads: int, pinned: list[int] | None) -> dict[str, Any]:
     """Where and with what the model ran: an absolute time means nothing without this."""
     import os
     import platform
     fp = {**cpu_description(), "cores": os.cpu_count(), "arch": platform.machine(),
           "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-          "numpy": np.__version__, "threads": threads, "pinned_cores": pinned}
+          "numpy": np.__version__, "threads": threads, "pinned_cores": pinned,
+          "caches": cpu_caches(pinned[0] if pinned else 0)}
     if runner is not None:
         fp.update(runtime=runner.runtime, runtime_version=runner.runtime_version)
         # the same for every file on a device (a LUT's header compares it); what XNNPACK took of this

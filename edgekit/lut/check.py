@@ -3,7 +3,8 @@
 ``check_lut`` samples ``samples`` architectures of the LUT's space (seeded), has the measuring
 function export and time each whole network, and compares the LUT's prediction with the
 measurement: share within +-5 % and +-10 %, MAPE, Spearman and Kendall rank correlation. The plain
-sum is scored on every network; the overhead model is then fitted on the first ``fit`` networks
+sum (entries and, when the LUT has them, the junctions between them) is scored on every network,
+beside the sum of entries alone; the overhead model is then fitted on the first ``fit`` networks
 only and plain sum and fitted model are scored on the rest (held out from the fit).
 
 >>> spearman([1, 2, 3, 4], [10, 20, 30, 40]), kendall([1, 2, 3], [3, 2, 1])
@@ -120,10 +121,14 @@ def check_lut(lut: Lut, measure: Measure, *, samples: int, seed: int = 0, fit: i
                 "precision": lut.precision, "threads": lut.threads, "entries": len(lut.entries)},
         "samples": samples, "seed": seed,
         "networks": [{"name": u.spec.name, "choices": _listed(space, c), "measured_ms": m, "plain_ms": p.plain_ms,
-                      "lut_fitted_ms": p.fitted_ms} for u, c, m, p in zip(units, picks, measured, preds)],
+                      "entries_ms": p.entries_ms, "lut_fitted_ms": p.fitted_ms}
+                     for u, c, m, p in zip(units, picks, measured, preds)],
         "plain": accuracy(plain, measured),
+        "entries": None,
         "lut_overhead": None,
     }
+    if lut.junctions is not None:  # the plain sum has the junctions; FBNet's sum of entries beside it
+        report["entries"] = accuracy([p.entries_ms for p in preds], measured)
     if lut.overhead is not None:
         report["lut_overhead"] = {"model": dict(lut.overhead),
                                   "all": accuracy([p.fitted_ms for p in preds], measured)}

@@ -41,18 +41,25 @@ def space_from_args(args: argparse.Namespace):
 
 
 def measured_signatures(args: argparse.Namespace, space):
-    """What a build measures: every distinct signature of fbnet-v1; fbnet-v2's stems, heads and a
-    ``--sample`` of its blocks (the block model predicts the rest)."""
+    """What a build measures: every distinct signature of fbnet-v1; fbnet-v2's stems, heads, a
+    ``--sample`` of its blocks (the block model predicts the rest) and the units of the ``--chains``."""
     sample = getattr(args, "sample", None)
     if space.name != "fbnet-v2":
         if sample is not None:
             raise ValueError(f"--sample is for fbnet-v2's channel-aware table; {space.name} measures every entry")
         return None
     from ..nas.channel_lut import measurement_plan
-    return measurement_plan(space, DEFAULT_SAMPLE if sample is None else sample, seed=getattr(args, "seed", 0))
+    from .junction import junction_signatures
+    seed = getattr(args, "seed", 0)
+    sigs = measurement_plan(space, DEFAULT_SAMPLE if sample is None else sample, seed=seed)
+    if getattr(args, "chains", 0):
+        have = {s.key for s in sigs}
+        sigs += [s for s in junction_signatures(space, args.chains, seed=seed) if s.key not in have]
+    return sigs
 
 
 DEFAULT_SAMPLE = 400
+DEFAULT_CHAINS = 32
 
 
 def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
@@ -70,7 +77,7 @@ def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
     total = distinct if wanted is None else len(wanted)
     if args.json:
         print(json.dumps({"space": space.to_dict(), "distinct": distinct, "total": total, "stored": total - len(todo),
-                          "missing": [s.key for s in todo]}, indent=2))
+                          "missing": [s.key for s in todo], "chains": args.chains}, indent=2))
         return 0
     if wanted is None:
         what = f"{len(space.layers)} layers x 9 candidates, {total} distinct signatures"
@@ -78,8 +85,10 @@ def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
         what = (f"{len(space.layers)} layers, {space.lut_entries()} layer-wise entries, {distinct} distinct signatures; "
                 f"a build measures {total} (every stem and head, {total - sum(s.kind != 'block' for s in wanted)} "
                 f"blocks) and fits a block model for the rest")
+    chains = (f"; then {args.chains} chains of 4 consecutive units, measured whole for the junction model"
+              if args.chains else "")
     out.print(f"{space.name}: {what} (stem and head included, identity skips cost 0); {total - len(todo)} stored, "
-              f"{len(todo)} to measure", markup=False, highlight=False, soft_wrap=True)
+              f"{len(todo)} to measure{chains}", markup=False, highlight=False, soft_wrap=True)
     for sig in todo[:args.show]:
         out.print(f"  {sig.key}", markup=False, highlight=False)
     if len(todo) > args.show:
@@ -225,13 +234,19 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
         from ..nas.channel_lut import fit_block_model
         lut = lut.replace(block_model=fit_block_model(space, lut, seed=args.seed))
         save_lut(lut, args.out)
+    if args.chains:
+        from .junction import measure_junctions
+        chains = None if args.json else _Progress(out, "chains measured")
+        lut = measure_junctions(lut, space, timer, count=args.chains, seed=args.seed, out=args.out,
+                                chunk=args.chunk, progress=chains)
     if args.networks:
         lut = measure_networks(lut, space, timer, samples=args.networks, seed=args.seed)
         save_lut(lut, args.out)
     cost = _cost(timers) if fan_out else timer.cost() if hasattr(timer, "cost") else None
     if args.json:
+        junctions = None if lut.junctions is None else lut.junctions.get("model")
         print(json.dumps({"lut": str(args.out), "entries": len(lut.entries), "overhead": lut.overhead,
-                          "block_model": lut.block_model, "cost": cost}, indent=2))
+                          "block_model": lut.block_model, "junctions": junctions, "cost": cost}, indent=2))
         return 0
     out.print(f"wrote {args.out}: {len(lut.entries)} entries", highlight=False)
     if lut.block_model:
@@ -240,6 +255,15 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
         out.print(f"block model: fitted on {m['measured'] - h['n']} measured blocks, held-out {h['n']}: MAPE "
                   f"{h['mape']:.1f} %, {100 * h['within_10pct']:.0f} % within +-10 % (max {h['max_abs_pct']:.0f} %); "
                   f"refitted on all {m['measured']}", highlight=False, soft_wrap=True)
+    if lut.junctions and lut.junctions.get("model"):
+        j = lut.junctions["model"]
+        e = j.get("errors") or {}
+        cold = (f"; cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond the {j['cache_kib']:.0f} KiB L2 "
+                f"({'applied: ' if j['cold_on'] else 'not applied: '}{100 * (j.get('cold_share') or 0):.0f} % of "
+                f"networks outgrow it)" if j.get("cache_kib") else "; no cache size from the device: no cold term")
+        out.print(f"junctions: {j['n']} chains measured whole; per crossing {1000 * j['a_ms']:+.2f} us "
+                  f"{1000 * j['b_ms_per_kib']:+.3f} us/KiB{cold}; held-out chains off by "
+                  f"{1000 * e.get('held_out_mae_ms', float('nan')):.2f} us on average", highlight=False, soft_wrap=True)
     if cost is not None:
         _print_cost(cost, out)
     if lut.overhead:
@@ -291,6 +315,8 @@ def cmd_lut_check(args: argparse.Namespace, out: Console) -> int:
         table.add_row(label, str(m["n"]), f"{100 * m['within_5pct']:.0f} %", f"{100 * m['within_10pct']:.0f} %",
                       f"{m['mape']:.1f}", f(m["spearman"]), f(m["kendall"]))
 
+    if report.get("entries"):
+        row("entries alone (no junctions), all", report["entries"])
     row("plain sum, all", report["plain"])
     if report["lut_overhead"]:
         row("LUT overhead model, all", report["lut_overhead"]["all"])
@@ -344,6 +370,8 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lut", help="existing (partial) LUT: list only what it lacks")
     p.add_argument("--sample", type=int, help=f"fbnet-v2: block entries a build measures (default {DEFAULT_SAMPLE})")
     p.add_argument("--seed", type=int, default=0, help="fbnet-v2: which blocks the sample draws")
+    p.add_argument("--chains", type=int, default=DEFAULT_CHAINS, help="chains a build measures whole (fbnet-v2: "
+                   "their units are measured entries too)")
     p.add_argument("--show", type=int, default=20, help="signatures to print")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lut_plan)
@@ -366,6 +394,10 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
                         "robust to a busy device) or median (--format torch)")
     p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
+    p.add_argument("--chains", type=int, default=DEFAULT_CHAINS,
+                   help=f"chains of 4 consecutive units measured whole, for the junction model that puts each "
+                        f"block's per-call cost and the crossing between blocks into the plain sum (default "
+                        f"{DEFAULT_CHAINS}; 0: none, the plain sum is the entries' sum)")
     p.add_argument("--sample", type=int, help=f"fbnet-v2: block entries to measure (default {DEFAULT_SAMPLE}; "
                                               f"every stem and head is measured, a block model fitted on these "
                                               f"predicts the other blocks)")

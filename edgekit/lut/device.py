@@ -53,6 +53,7 @@ import torch
 
 from .._checks import check_count
 from .build import NetworkUnit, Unit
+from .junction import ChainUnit
 from .lut import STATISTICS, LutMismatchError
 from .space import BlockSig, FBNetV1Space
 
@@ -140,6 +141,7 @@ class DeviceTimer:
         self.log: list[UnitLog] = []
         self._probed: dict[str, float] = {}
         self._exported_ahead: dict[str, float] = {}  # unit key -> its share of the wall time of ``prepare``
+        self.latest_fingerprint: dict[str, Any] | None = None  # the last measurement's, every field
 
     @property
     def threads(self) -> int:
@@ -240,6 +242,7 @@ class DeviceTimer:
     def _check_fingerprint(self, fp: dict[str, Any]) -> None:
         if fp.get("emulated") and not self.allow_emulated:
             raise ValueError(_emulated_refusal(fp.get("device") or "this device"))
+        self.latest_fingerprint = fp
         if self.fingerprint is None:
             self.fingerprint = fp
             return
@@ -248,10 +251,8 @@ class DeviceTimer:
     def _run_inputs(self, unit: Unit, spec: Any) -> np.ndarray:
         if isinstance(unit, NetworkUnit):
             x = self.exporter.calib_images(unit.spec.resolution)[1]
-        elif unit.kind == "stem":
-            x = self.exporter.calib_images(unit.in_shape[1])[1]
         else:
-            x = self.exporter.calib_for(unit)[1]
+            x = self.exporter.calib_for(unit.first if isinstance(unit, ChainUnit) else unit)[1]
         if spec.layout == "NHWC":
             x = x.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(x.reshape(len(x), *spec.shape), dtype=np.float32)
@@ -388,10 +389,11 @@ class UnitExporter:
             calib = self.calib_images(unit.spec.resolution)[0] if self.precision == "int8" else None
             c, h, w = model.default_cfg["input_size"]
             return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
-        if not isinstance(unit, BlockSig):
-            raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig or a NetworkUnit")
-        calib = self.calib_for(unit)[0] if self.precision == "int8" else None
-        pre = preprocessing_for(self._default_cfg(unit.in_shape[1])) if unit.kind == "stem" else None
+        if not isinstance(unit, (BlockSig, ChainUnit)):
+            raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig, a ChainUnit or a NetworkUnit")
+        first = unit.first if isinstance(unit, ChainUnit) else unit
+        calib = self.calib_for(first)[0] if self.precision == "int8" else None
+        pre = preprocessing_for(self._default_cfg(unit.in_shape[1])) if first.kind == "stem" else None
         torch.manual_seed(0)  # after calib_for, which may build the reference network: same weights in any order
         return unit.module().eval(), torch.zeros(1, *unit.in_shape), calib, pre, None, None
 
@@ -416,7 +418,7 @@ class UnitExporter:
 
         calibration = None
         if self.precision == "int8":
-            images = isinstance(unit, NetworkUnit) or unit.kind == "stem"
+            images = isinstance(unit, NetworkUnit) or (unit.first if isinstance(unit, ChainUnit) else unit).kind == "stem"
             what = ("Fashion-MNIST train images" if images else
                     "activations of Fashion-MNIST train images at this input in the reference network")
             calibration = Calibration(CALIB_SOURCE, n_calib, self.calib_method,
@@ -509,7 +511,7 @@ def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path 
     and every new measurement must come with the stored fingerprint. A new LUT: the first missing
     unit is measured first and its fingerprint becomes the header (it is not measured twice)."""
     from .build import build_lut, plan
-    from .lut import load_lut
+    from .lut import load_lut, save_lut
 
     address = getattr(timer.device, "address", None)
     if out is not None and Path(out).exists():
@@ -521,6 +523,10 @@ def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path 
     else:
         todo = plan(space, signatures=signatures)
         device = timer.probe(todo[0]) if todo else {"device": address}
-    return build_lut(space, timer, device=device, format=timer.format, precision=timer.precision,
-                     threads=timer.threads, out=out, chunk=chunk, progress=progress, statistic=timer.statistic,
-                     signatures=signatures)
+    lut = build_lut(space, timer, device=device, format=timer.format, precision=timer.precision,
+                    threads=timer.threads, out=out, chunk=chunk, progress=progress, statistic=timer.statistic,
+                    signatures=signatures)
+    adopted = lut.adopting(timer.latest_fingerprint)
+    if adopted is not lut and out is not None:
+        save_lut(adopted, out)
+    return adopted

@@ -59,6 +59,7 @@ class Lut:
     unit: str = UNIT
     notes: tuple[str, ...] = ()
     block_model: Mapping[str, Any] | None = None  # fbnet-v2: latency against channels, fitted on the entries
+    junctions: Mapping[str, Any] | None = None  # chains measured whole and the junction model fitted on them
 
     def __post_init__(self):
         object.__setattr__(self, "entries", dict(self.entries))
@@ -71,9 +72,18 @@ class Lut:
             _check_overhead(self.overhead)
         if self.block_model is not None and not isinstance(self.block_model, Mapping):
             raise LutError(f"LUT block_model must be an object, not {type(self.block_model).__name__}")
+        if self.junctions is not None:
+            _check_junctions(self.junctions)
 
     def replace(self, **changes: Any) -> "Lut":
         return dataclasses.replace(self, **changes)
+
+    def adopting(self, fingerprint: Mapping[str, Any] | None) -> "Lut":
+        """This LUT with the fields of a device fingerprint its header lacks (a newer agent reports
+        more, e.g. the cache sizes; the fields it has are compared on every measurement, never
+        changed)."""
+        new = {k: v for k, v in (fingerprint or {}).items() if k not in self.device and v is not None}
+        return self if not new else self.replace(device={**self.device, **new})
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "unit": self.unit, "statistic": self.statistic,
@@ -81,7 +91,8 @@ class Lut:
                 "precision": self.precision, "threads": self.threads,
                 "entries": dict(sorted(self.entries.items())), "networks": [dict(n) for n in self.networks],
                 "overhead": None if self.overhead is None else dict(self.overhead), "notes": list(self.notes),
-                **({} if self.block_model is None else {"block_model": dict(self.block_model)})}
+                **({} if self.block_model is None else {"block_model": dict(self.block_model)}),
+                **({} if self.junctions is None else {"junctions": dict(self.junctions)})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -188,6 +199,20 @@ def _check_overhead(o: Mapping[str, Any]) -> None:
     if o.get("model") != "linear" or not all(isinstance(o.get(k), (int, float)) and math.isfinite(o[k])
                                              for k in ("a_ms", "b")):
         raise LutError(f"LUT overhead {dict(o)!r} must be {{\"model\": \"linear\", \"a_ms\": a, \"b\": b, ...}}")
+
+
+def _check_junctions(j: Any) -> None:
+    if not isinstance(j, Mapping) or not isinstance(j.get("chains"), list):
+        raise LutError("LUT junctions must be {\"chains\": [{\"units\": [key, ...], \"ms\": x}, ...], \"model\": ...}")
+    for i, c in enumerate(j["chains"]):
+        if (not isinstance(c, Mapping) or not isinstance(c.get("units"), list) or len(c["units"]) < 2
+                or not all(isinstance(k, str) for k in c["units"]) or not _finite_ms(c.get("ms"))):
+            raise LutError(f"LUT junctions.chains[{i}] must be {{\"units\": [two or more keys], \"ms\": x}}, "
+                           f"got {c!r}")
+    m = j.get("model")
+    if m is not None and not (isinstance(m, Mapping) and all(
+            isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("a_ms", "b_ms_per_kib"))):
+        raise LutError(f"LUT junctions.model {m!r} must hold finite a_ms and b_ms_per_kib")
 
 
 def load_lut(path: str | os.PathLike, *, device: Mapping[str, Any] | str | None = None, format: str | None = None,

@@ -1,9 +1,11 @@
 """Latency prediction from a LUT: the plain sum of block entries, and an overhead model beside it.
 
-The plain sum assumes blocks run independently (FBNet's assumption). A real runtime adds a roughly
-fixed cost per inference and fuses or schedules ops differently inside a network, so the table also
-carries a linear model ``measured ~ a + b * sum`` fitted on whole networks measured end to end;
-both numbers are reported.
+FBNet's sum of entries assumes blocks run independently. Each entry, though, was measured as a call
+of its own, and inside a network a block pays no call but the crossing from the block before it;
+a LUT built with chains (:mod:`edgekit.lut.junction`) carries a junction model measured on the
+device for both, and its plain sum is the entries' sum plus the junctions between them. The table
+also carries a linear model ``measured ~ a + b * plain`` fitted on whole networks measured end to
+end; both numbers are reported.
 
 >>> fit_overhead([(1.0, 1.5), (2.0, 2.5), (3.0, 3.5)]).predict(4.0)
 4.5
@@ -34,15 +36,18 @@ class OverheadModel:
 
 @dataclass(frozen=True)
 class Prediction:
-    """``plain_ms`` = sum of entries; ``fitted_ms`` = the overhead model applied to it (None when the
-    LUT has none); ``blocks`` = (signature key, ms) per stem / block / head."""
+    """``plain_ms`` = sum of entries and of the junctions between them (the LUT's own prediction, no
+    whole network fitted); ``fitted_ms`` = the overhead model applied to it (None when the LUT has
+    none); ``blocks`` = (signature key, ms) per stem / block / head, its junction included;
+    ``entries_ms`` = the entries alone (FBNet's sum), equal to ``plain_ms`` for a LUT without junctions."""
 
     plain_ms: float
     fitted_ms: float | None
     blocks: tuple[tuple[str, float], ...]
+    entries_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plain_ms": self.plain_ms, "fitted_ms": self.fitted_ms,
+        return {"plain_ms": self.plain_ms, "fitted_ms": self.fitted_ms, "entries_ms": self.entries_ms,
                 "blocks": [{"signature": k, "ms": v} for k, v in self.blocks]}
 
 
@@ -50,23 +55,29 @@ def _where(i: int, n: int) -> str:
     return "stem" if i == 0 else "head" if i == n - 1 else f"block {i}"
 
 
-def lookup(sigs: Sequence[BlockSig], lut: Lut) -> list[float]:
-    """The LUT latency of each signature (identity skips cost 0); a missing entry is an error, or,
-    for a block of a LUT with a block model (``fbnet-v2``), the model's figure."""
+def lookup(sigs: Sequence[BlockSig], lut: Lut, *, junctions: bool = True) -> list[float]:
+    """The LUT latency of each signature in a network (identity skips cost 0): its entry plus, when
+    the LUT has a junction model and ``junctions``, what a network pays for it beyond its entry (the
+    call it does not pay of its own, the crossing from the unit before, its cold weights; see
+    :mod:`edgekit.lut.junction`). A missing
+    entry is an error, or, for a block of a LUT with a block model (``fbnet-v2``), the model's figure."""
+    from .junction import junction_model
     out = []
     model = None
+    joint = junction_model(lut) if junctions else None
     for i, sig in enumerate(sigs):
         if sig.is_identity:
             out.append(0.0)
             continue
+        extra = 0.0 if joint is None else joint.extra(sig)
         if sig.key not in lut.entries and sig.kind == "block" and lut.block_model is not None:
             if model is None:
                 from ..nas.channel_lut import BlockModel
                 model = BlockModel.from_dict(lut.block_model)
-            out.append(model.predict(sig))
+            out.append(model.predict(sig) + extra)
             continue
         try:
-            out.append(float(lut.entries[sig.key]))
+            out.append(float(lut.entries[sig.key]) + extra)
         except KeyError:
             raise LutError(f"the LUT has no entry for the {_where(i, len(sigs))} signature {sig.key!r}; the spec is "
                            f"outside the LUT's space ({lut.space}) or the build is incomplete (`edgekit lut plan` "
@@ -84,9 +95,10 @@ def predict(spec: ArchSpec, lut: Lut, *, in_chans: int | None = None, num_classe
     sigs = network_signatures(spec, in_chans=in_chans, num_classes=num_classes)
     ms = lookup(sigs, lut)
     plain = float(sum(ms))
+    entries = plain if lut.junctions is None else float(sum(lookup(sigs, lut, junctions=False)))
     model = overhead_of(lut)
     return Prediction(plain, None if model is None else model.predict(plain),
-                      tuple((s.key, m) for s, m in zip(sigs, ms)))
+                      tuple((s.key, m) for s, m in zip(sigs, ms)), entries)
 
 
 def overhead_of(lut: Lut) -> OverheadModel | None:

@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..lut.junction import junction_model
 from ..lut.lut import Lut, LutError
 from ..lut.space import BlockSig
 from ..models.fbnet import get_divisible_by
@@ -195,7 +196,8 @@ def measurement_plan(space: FBNetV2Space, sample: int, *, seed: int = 0) -> list
 class ChannelLatency:
     """Dense latency tables of a space from a LUT: ``stem`` (R, S), per layer (R, B, I, J, K) and
     ``head`` (R, J_last) in ms, resolutions in the space's order; measured entries where the LUT has
-    them, the LUT's block model elsewhere (a stem or head entry must be measured)."""
+    them, the LUT's block model elsewhere (a stem or head entry must be measured), each block's and
+    the head's with the junction into it when the LUT has a junction model."""
 
     def __init__(self, space: FBNetV2Space, lut: Lut):
         if lut.space.get("name") != space.name or dict(lut.space) != space.to_dict():
@@ -204,8 +206,12 @@ class ChannelLatency:
         model = None if lut.block_model is None else BlockModel.from_dict(lut.block_model)
         self.space, self.measured, self.modelled = space, 0, 0
         entries = lut.entries
+        joint = junction_model(lut)
 
         def ms(sig: BlockSig) -> float:
+            return entry(sig) + (0.0 if joint is None else joint.extra(sig))
+
+        def entry(sig: BlockSig) -> float:
             if sig.key in entries:
                 self.measured += 1
                 return float(entries[sig.key])

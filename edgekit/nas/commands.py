@@ -27,6 +27,11 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     target, target_note = (None, None) if args.target_ms is None else plain_target(lut, args.target_ms)
     if args.measure and lut.format != "torch" and lut.device.get("device") is None:
         raise ValueError(f"{args.lut} does not name the device it was measured on; --measure cannot run the spec")
+    if args.train_threads is not None:
+        from .._checks import check_count
+        import torch
+        check_count("--train-threads", args.train_threads)
+        torch.set_num_threads(args.train_threads)
     config = DnasConfig(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs - 1),
                         batch_size=args.batch_size, limit=args.limit, target_ms=target, seed=args.seed,
                         theta_lr=args.theta_lr, derive=args.derive, band=args.band)
@@ -132,6 +137,8 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="refuse the LUT unless it is this format")
     p.add_argument("--precision", help="refuse the LUT unless it is this precision")
     p.add_argument("--threads", type=int, help="refuse the LUT unless it used this many threads")
+    p.add_argument("--train-threads", type=int, help="torch threads for the search's training (default: torch's, "
+                   "one per core; on a busy machine 1 is often faster)")
     p.add_argument("--measure", action="store_true",
                    help="export the searched spec, run it on the LUT's device, compare with the prediction and add "
                         "the measurement to the LUT (its overhead model then maps the next --target-ms)")

@@ -147,6 +147,7 @@ def test_a_corrupt_junction_record_is_refused(tmp_path, junctions, message):
         load_lut(tmp_path / "lut.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, precision", [("onnx", "fp32"), ("tflite", "int8")])
 def test_a_chain_exports_and_runs_on_the_device_like_any_unit(tmp_path, fmt, precision):
     """The stem and the first blocks as one file, int8 calibrated on the images the stem takes,

@@ -125,7 +125,10 @@ def zoo_exports(fmnist):
     return get
 
 
-@pytest.mark.parametrize("name", FAMILY_SMALL)
+# efficientnet_b0 in the fast tier (its export is the int8 tests' too), the others slow: the zoo
+# sweep (test_zoo_onnx) checks every variant's fp32 file as well
+@pytest.mark.parametrize("name", [n if n == "efficientnet_b0" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in FAMILY_SMALL])
 def test_fp32_matches_pytorch_one_model_per_family(name, fmnist, zoo_exports):
     model, fp32 = zoo_exports(name)
     _check_fp32(model, fp32, _model_inputs(model, fmnist["test"][:4]))

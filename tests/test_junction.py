@@ -123,7 +123,11 @@ def test_chains_are_consecutive_units_spread_from_stem_to_head():
     assert model.extra(stem) == 0.0 and model.extra(head) == pytest.approx(_crossing(head))
 
 
-def test_the_fit_needs_chains_and_the_lut_needs_their_units(tmp_path):
+def test_the_fit_needs_chains_and_the_lut_needs_their_units(tmp_path, edgekit_cli):
+    res = edgekit_cli("lut", "build", "--resolution", "16", "--width", "0.25", "--in-chans", "1", "--num-classes",
+                      "10", "--chains", "-1", "--out", tmp_path / "lut.json")
+    assert res.returncode == 2 and "--chains -1 must be an int >= 0" in res.stderr
+    assert not (tmp_path / "lut.json").exists()
     with pytest.raises(ValueError, match="at least 4 measured chains"):
         fit_junctions([(c, 0.0) for c in junction_plan(SPACE, 3, whole=0)], "fp32")
     lut = _lut(LawTimer())

@@ -85,8 +85,8 @@ def cmd_lut_plan(args: argparse.Namespace, out: Console) -> int:
         what = (f"{len(space.layers)} layers, {space.lut_entries()} layer-wise entries, {distinct} distinct signatures; "
                 f"a build measures {total} (every stem and head, {total - sum(s.kind != 'block' for s in wanted)} "
                 f"blocks) and fits a block model for the rest")
-    chains = (f"; then {args.chains} chains of 4 consecutive units, measured whole for the junction model"
-              if args.chains else "")
+    chains = (f"; then {args.chains} chains of 4 consecutive units and {args.chains // 5} whole networks, measured "
+              f"whole for the junction model" if args.chains else "")
     out.print(f"{space.name}: {what} (stem and head included, identity skips cost 0); {total - len(todo)} stored, "
               f"{len(todo)} to measure{chains}", markup=False, highlight=False, soft_wrap=True)
     for sig in todo[:args.show]:
@@ -199,6 +199,8 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     from .fanout import build_on_devices
     from .lut import save_lut
 
+    from .._checks import check_count
+    check_count("--chains", args.chains, minimum=0, hint=" (0: no junction model)")
     space = space_from_args(args)
     signatures = measured_signatures(args, space)
 
@@ -395,9 +397,10 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=16, help="save after every N measured blocks")
     p.add_argument("--networks", type=int, default=0, help="whole networks to measure for the overhead fit")
     p.add_argument("--chains", type=int, default=DEFAULT_CHAINS,
-                   help=f"chains of 4 consecutive units measured whole, for the junction model that puts each "
-                        f"block's per-call cost and the crossing between blocks into the plain sum (default "
-                        f"{DEFAULT_CHAINS}; 0: none, the plain sum is the entries' sum)")
+                   help=f"chains of 4 consecutive units (and a fifth as many whole networks) measured whole, for the "
+                        f"junction model that puts each block's per-call cost, the crossing between blocks and "
+                        f"weights outgrowing the cache into the plain sum (default {DEFAULT_CHAINS}; 0: none, the "
+                        f"plain sum is the entries' sum)")
     p.add_argument("--sample", type=int, help=f"fbnet-v2: block entries to measure (default {DEFAULT_SAMPLE}; "
                                               f"every stem and head is measured, a block model fitted on these "
                                               f"predicts the other blocks)")

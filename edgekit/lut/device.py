@@ -252,7 +252,7 @@ class DeviceTimer:
         if isinstance(unit, NetworkUnit):
             x = self.exporter.calib_images(unit.spec.resolution)[1]
         else:
-            x = self.exporter.calib_for(unit.first if isinstance(unit, ChainUnit) else unit)[1]
+            x = self.exporter.calib_for(_first(unit))[1]
         if spec.layout == "NHWC":
             x = x.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(x.reshape(len(x), *spec.shape), dtype=np.float32)
@@ -306,6 +306,11 @@ def _complete(path: Path) -> bool:
     """An exported file with its manifest beside it (written last, so the file is whole)."""
     from ..exporters.artifact import manifest_path
     return path.is_file() and manifest_path(path).is_file()
+
+
+def _first(unit: Unit) -> BlockSig:
+    """The signature whose input a block or chain unit takes: what calibrates and feeds it."""
+    return unit.first if isinstance(unit, ChainUnit) else unit
 
 
 def _export_units(exporter: "UnitExporter", units: Sequence[Unit]) -> int:
@@ -391,7 +396,7 @@ class UnitExporter:
             return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
         if not isinstance(unit, (BlockSig, ChainUnit)):
             raise TypeError(f"cannot export {type(unit).__name__}: a unit is a BlockSig, a ChainUnit or a NetworkUnit")
-        first = unit.first if isinstance(unit, ChainUnit) else unit
+        first = _first(unit)
         calib = self.calib_for(first)[0] if self.precision == "int8" else None
         pre = preprocessing_for(self._default_cfg(unit.in_shape[1])) if first.kind == "stem" else None
         torch.manual_seed(0)  # after calib_for, which may build the reference network: same weights in any order
@@ -418,7 +423,7 @@ class UnitExporter:
 
         calibration = None
         if self.precision == "int8":
-            images = isinstance(unit, NetworkUnit) or (unit.first if isinstance(unit, ChainUnit) else unit).kind == "stem"
+            images = isinstance(unit, NetworkUnit) or _first(unit).kind == "stem"
             what = ("Fashion-MNIST train images" if images else
                     "activations of Fashion-MNIST train images at this input in the reference network")
             calibration = Calibration(CALIB_SOURCE, n_calib, self.calib_method,

@@ -40,7 +40,7 @@ from torch import nn
 from .lut import Lut, LutError, save_lut
 from .space import BlockSig
 
-__all__ = ["ChainUnit", "JunctionModel", "chain_features", "chains_of", "cold_kib", "crossing_features",
+__all__ = ["ChainUnit", "JunctionModel", "chain_features", "cold_kib", "crossing_features",
            "fit_junctions", "junction_model", "junction_plan", "junction_signatures", "measure_junctions", "weight_kib"]
 
 DTYPE_BYTES = {"fp32": 4, "int8": 1}
@@ -48,7 +48,7 @@ DTYPE_BYTES = {"fp32": 4, "int8": 1}
 
 @dataclass(frozen=True)
 class ChainUnit:
-    """Consecutive units of one network run as one file (two, for a junction)."""
+    """Consecutive units of one network (two or more; identity skips left out) run as one file."""
 
     parts: tuple[BlockSig, ...]
 
@@ -74,18 +74,16 @@ class ChainUnit:
     def first(self) -> BlockSig:
         return self.parts[0]
 
+    @property
+    def unit_keys(self) -> tuple[str, ...]:
+        """Its units' keys: what the LUT records a measured chain by."""
+        return tuple(p.key for p in self.parts)
+
     def module(self) -> nn.Module:
         return nn.Sequential(*(p.module() for p in self.parts)).eval()
 
     def example(self, seed: int = 0) -> torch.Tensor:
         return self.parts[0].example(seed)
-
-
-def chains_of(sigs: Sequence[BlockSig]) -> list[tuple[BlockSig, BlockSig]]:
-    """The consecutive pairs of a network's units, identity skips left out (they add no node: the
-    units on either side of one meet directly)."""
-    kept = [s for s in sigs if not s.is_identity]
-    return list(zip(kept, kept[1:]))
 
 
 def crossing_features(sig: BlockSig, precision: str) -> tuple[float, float]:
@@ -265,21 +263,20 @@ def measure_junctions(lut: Lut, space: Any, measure: Any, *, count: int, length:
         raise LutError(f"the LUT lacks {len(missing)} entries of the chains it measures (e.g. {missing[0]!r}); "
                        f"measure them first (`edgekit lut build` does)")
     stored = {tuple(c["units"]): float(c["ms"]) for c in (lut.junctions or {}).get("chains", ())}
-    todo = [u for u in units if tuple(p.key for p in u.parts) not in stored]
+    todo = [u for u in units if u.unit_keys not in stored]
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         ms = list(measure(part))
         if len(ms) != len(part):
             raise ValueError(f"the measuring function returned {len(ms)} latencies for {len(part)} chains")
-        stored.update({tuple(p.key for p in u.parts): float(m) for u, m in zip(part, ms)})
+        stored.update({u.unit_keys: float(m) for u, m in zip(part, ms)})
         lut = lut.replace(junctions={"chains": _chain_records(stored), "model": None})
         if out is not None:
             save_lut(lut, out)
         if progress is not None:
             progress(start + len(part), len(todo))
     lut = lut.adopting(getattr(measure, "latest_fingerprint", None))  # the cache sizes of a LUT an older agent began
-    rows = [(u, stored[tuple(p.key for p in u.parts)] - sum(float(lut.entries[p.key]) for p in u.parts))
-            for u in units]
+    rows = [(u, stored[u.unit_keys] - sum(float(lut.entries[k]) for k in u.unit_keys)) for u in units]
     cache = (lut.device.get("caches") or {}).get("L2")
     share = None
     if cache:

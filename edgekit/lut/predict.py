@@ -59,25 +59,33 @@ def lookup(sigs: Sequence[BlockSig], lut: Lut, *, junctions: bool = True) -> lis
     """The LUT latency of each signature in a network (identity skips cost 0): its entry plus, when
     the LUT has a junction model and ``junctions``, what a network pays for it beyond its entry (the
     call it does not pay of its own, the crossing from the unit before, its cold weights; see
-    :mod:`edgekit.lut.junction`). A missing
-    entry is an error, or, for a block of a LUT with a block model (``fbnet-v2``), the model's figure."""
+    :mod:`edgekit.lut.junction`). A missing entry is an error, or, for a block of a LUT with a block
+    model (``fbnet-v2``), the model's figure."""
+    entries = _entries(sigs, lut)
+    return _with_junctions(sigs, entries, lut) if junctions else entries
+
+
+def _with_junctions(sigs: Sequence[BlockSig], entries: list[float], lut: Lut) -> list[float]:
     from .junction import junction_model
+    joint = junction_model(lut)
+    return entries if joint is None else [e + joint.extra(s) for s, e in zip(sigs, entries)]
+
+
+def _entries(sigs: Sequence[BlockSig], lut: Lut) -> list[float]:
     out = []
     model = None
-    joint = junction_model(lut) if junctions else None
     for i, sig in enumerate(sigs):
         if sig.is_identity:
             out.append(0.0)
             continue
-        extra = 0.0 if joint is None else joint.extra(sig)
         if sig.key not in lut.entries and sig.kind == "block" and lut.block_model is not None:
             if model is None:
                 from ..nas.channel_lut import BlockModel
                 model = BlockModel.from_dict(lut.block_model)
-            out.append(model.predict(sig) + extra)
+            out.append(model.predict(sig))
             continue
         try:
-            out.append(float(lut.entries[sig.key]) + extra)
+            out.append(float(lut.entries[sig.key]))
         except KeyError:
             raise LutError(f"the LUT has no entry for the {_where(i, len(sigs))} signature {sig.key!r}; the spec is "
                            f"outside the LUT's space ({lut.space}) or the build is incomplete (`edgekit lut plan` "
@@ -93,12 +101,12 @@ def predict(spec: ArchSpec, lut: Lut, *, in_chans: int | None = None, num_classe
     in_chans = in_chans or int(lut.space.get("in_chans", 3))
     num_classes = num_classes or int(lut.space.get("num_classes", 1000))
     sigs = network_signatures(spec, in_chans=in_chans, num_classes=num_classes)
-    ms = lookup(sigs, lut)
+    entries = _entries(sigs, lut)
+    ms = _with_junctions(sigs, entries, lut)
     plain = float(sum(ms))
-    entries = plain if lut.junctions is None else float(sum(lookup(sigs, lut, junctions=False)))
     model = overhead_of(lut)
     return Prediction(plain, None if model is None else model.predict(plain),
-                      tuple((s.key, m) for s, m in zip(sigs, ms)), entries)
+                      tuple((s.key, m) for s, m in zip(sigs, ms)), float(sum(entries)))
 
 
 def overhead_of(lut: Lut) -> OverheadModel | None:

@@ -161,27 +161,48 @@ def test_fastest_slowest_and_the_budget_derivation_are_exact_over_the_enumeratio
 def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_and_runs(tmp_path, tiny_lut, capsys):
     """``edgekit nas search --space fbnet-v2 --measure`` on Fashion-MNIST: the searched network is a
     point of the space within the target, measured on the LUT's device (a torch LUT: eager PyTorch
-    on this host) and added to the LUT's networks; it exports to ONNX and runs in onnxruntime."""
+    on this host) and added to the LUT's networks; it exports to ONNX and runs in onnxruntime.
+
+    The LUT's overhead model claims the device runs twice its plain sum, so the first network is
+    derived at half the target and measures far below it; then the measured-budget rounds run: each
+    re-derives from the search's probabilities at the target corrected by the previous network's
+    measurement against its plain sum, measures a network not measured before, and the one closest
+    to the target is kept."""
     import onnxruntime as ort
     from edgekit.export import ExportSettings, export
     from edgekit.train import build_model
 
-    lut_path = save_lut(tiny_lut, tmp_path / "lut.json")
+    doubled = {"model": "linear", "a_ms": 0.0, "b": 2.0, "n": 2, "mape_plain": 50.0, "mape_fitted": 0.0}
+    lut_path = save_lut(tiny_lut.replace(networks=(), overhead=doubled), tmp_path / "lut.json")
     table = ChannelLatency(TINY, tiny_lut)
-    target = table.fastest()[1] + 0.3 * (table.slowest()[1] - table.fastest()[1])
+    target = float(f"{2 * (table.fastest()[1] + 0.3 * (table.slowest()[1] - table.fastest()[1])):.6f}")
     out = tmp_path / "spec.json"
     rc = main(["nas", "search", "--space", "fbnet-v2", "--lut", str(lut_path), "--target-ms", f"{target:.6f}",
-               "--epochs", "2", "--limit", "320", "--batch-size", "32", "--measure", "--out", str(out), "--json"])
+               "--epochs", "2", "--limit", "320", "--batch-size", "32", "--measure", "--rounds", "3",
+               "--out", str(out), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0
     spec = ArchSpec.from_json(out.read_text())
     point = TINY.spec_to_point(spec)
     assert doc["point"] == TINY.point_list(point) and len(doc["history"]) == 2
-    assert doc["predicted"]["plain_ms"] <= float(f"{target:.6f}") + 1e-9
     assert doc["predicted"]["plain_ms"] == pytest.approx(table.point_ms(point))
     assert doc["measured"]["measured_ms"] > 0 and doc["peak_rss_mb"] > 0
+    rounds, m = doc["measured"]["rounds"], doc["measured"]
+    assert 2 <= len(rounds) <= 3 and rounds[0]["plain_target_ms"] == pytest.approx(target / 2)
+    for before, r in zip(rounds, rounds[1:]):
+        aim = target * before["plain_ms"] / before["measured_ms"] / (1 - 0.05 / 2)
+        assert r["plain_target_ms"] == pytest.approx(aim)
+    for r in rounds:
+        assert r["error_pct"] == pytest.approx(100 * (r["measured_ms"] - target) / target)
+        assert r["plain_ms"] == pytest.approx(table.point_ms(TINY.as_point(r["choices"])))
+        assert r["plain_ms"] <= r["plain_target_ms"] + 1e-9 or r["plain_target_ms"] >= table.slowest()[1]
+    assert len({json.dumps(r["choices"]) for r in rounds}) == len(rounds)
+    kept = rounds[m["round"] - 1]
+    assert abs(kept["error_pct"]) == min(abs(r["error_pct"]) for r in rounds)
+    assert kept["choices"] == doc["point"] and m["measured_ms"] == kept["measured_ms"]
     stored = load_lut(lut_path)
-    assert stored.networks[-1]["choices"] == TINY.point_list(point)
+    assert [n["choices"] for n in stored.networks[-len(rounds):]] == [r["choices"] for r in rounds]
+    assert [n["ms"] for n in stored.networks[-len(rounds):]] == [r["measured_ms"] for r in rounds]
     model = build_model(arch=spec, num_classes=10, in_chans=1, resolution=spec.resolution)
     files = export(model, name="searched", out=tmp_path,
                    settings=ExportSettings(formats=("onnx",), precisions=("fp32",), holdout=16))
@@ -206,6 +227,13 @@ def test_a_search_refuses_a_table_of_another_space(tmp_path, tiny_lut, capsys):
     path = save_lut(v1, tmp_path / "v1.json")
     assert main(["nas", "search", "--space", "fbnet-v2", "--lut", str(path), "--out", str(tmp_path / "s.json")]) == 2
     assert "is a LUT of space 'fbnet-v1', not 'fbnet-v2'" in capsys.readouterr().err
+    ok = save_lut(tiny_lut, tmp_path / "lut.json")
+    for flag, value, says in (("--rounds", "0", "--rounds 0 must be an int >= 1"),
+                              ("--tolerance", "1.5", "--tolerance 1.5 must be a share of the target in (0, 1)")):
+        assert main(["nas", "search", "--space", "fbnet-v2", "--lut", str(ok), flag, value,
+                     "--out", str(tmp_path / "s.json")]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
     from edgekit.nas.channel_search import search_channels
     other = dataclasses.replace(TINY, resolutions=(16,))
     with pytest.raises(ValueError, match="differs in resolutions"):

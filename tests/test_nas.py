@@ -150,6 +150,12 @@ def test_more_latency_pressure_gives_a_faster_architecture(tiny_lut, tiny_data):
         assert low <= result.prediction.plain_ms <= target, (result.prediction.plain_ms, target, free)
         assert result.argmax and result.argmax_ms == pytest.approx(
             predict(TINY.spec(result.argmax), tiny_lut).plain_ms)
+        again = result.rederive(target)  # what `nas search --measure` calls with a corrected budget
+        assert again.choices == result.choices and again.prediction == result.prediction
+        other = (fast_ms + free) / 2 if target < (fast_ms + free) / 2 else fast_ms * 1.05
+        moved = result.rederive(other)
+        assert moved.target_ms == other and moved.history == result.history and moved.argmax == result.argmax
+        assert moved.prediction.plain_ms <= other and moved.spec == TINY.spec(moved.choices)
     argmax_only = _search(tiny_lut, tiny_data, target_ms=fast_ms * 1.05, derive="argmax")
     assert argmax_only.choices == argmax_only.argmax
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -109,6 +109,9 @@ class ChannelSearchResult:
     argmax: dict[str, Any] | None = None
     argmax_ms: float | None = None
     peak_rss_mb: float | None = None
+    # the derivation again at another plain-sum target, from the same architecture probabilities
+    # (``nas search --measure`` corrects its budget by what it measured); None without a trained search
+    rederive: Callable[[float], "ChannelSearchResult"] | None = field(default=None, repr=False, compare=False)
 
     @property
     def choices(self) -> list[Any]:
@@ -307,17 +310,29 @@ def _search(space: FBNetV2Space, lut: Lut, table: ChannelLatency, x: np.ndarray,
         if progress is not None:
             progress(record)
     argmax = arch.argmax()
-    point, derive_note = argmax, None
-    if config.target_ms is not None and config.derive == "budget":
-        point, derive_note = _derive(table, arch.log_probabilities(), argmax, config, slow_ms)
-    spec = space.spec(point)
-    prediction = predict(spec, lut)
-    notes = _notes(prediction, config, slow_ms) + ((derive_note,) if derive_note else ())
     probs = {k: ([round(float(p), 4) for p in v] if isinstance(v, torch.Tensor) else
                  [[round(float(p), 4) for p in row] for row in v]) for k, v in arch.probabilities().items()}
-    return ChannelSearchResult(spec, point, prediction, config.target_ms, fast_ms, slow_ms, tuple(history), probs,
-                               notes, time.perf_counter() - start, _config_dict(config), argmax,
-                               table.point_ms(argmax), _peak_rss_mb())
+    with torch.no_grad():
+        log_probs = arch.log_probabilities()
+    base = ChannelSearchResult(space.spec(argmax), argmax, predict(space.spec(argmax), lut), config.target_ms,
+                               fast_ms, slow_ms, tuple(history), probs, (), time.perf_counter() - start,
+                               _config_dict(config), argmax, table.point_ms(argmax), _peak_rss_mb())
+
+    def rederive(target_ms: float) -> ChannelSearchResult:
+        """The derivation at ``target_ms`` (LUT plain sum) from the search's probabilities."""
+        cfg = replace(config, target_ms=target_ms)
+        point, derive_note = argmax, None
+        if config.derive == "budget":
+            point, derive_note = _derive(table, log_probs, argmax, cfg, slow_ms)
+        spec = space.spec(point)
+        prediction = predict(spec, lut)
+        notes = _notes(prediction, cfg, slow_ms) + ((derive_note,) if derive_note else ())
+        return replace(base, spec=spec, point=point, prediction=prediction, target_ms=target_ms, notes=notes,
+                       rederive=rederive)
+
+    if config.target_ms is None:
+        return replace(base, notes=_notes(base.prediction, config, slow_ms))
+    return rederive(config.target_ms)
 
 
 def _derive(table: ChannelLatency, log_probs: dict[str, Any], argmax: dict[str, Any], config: DnasConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -27,8 +28,11 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     target, target_note = (None, None) if args.target_ms is None else plain_target(lut, args.target_ms)
     if args.measure and lut.format != "torch" and lut.device.get("device") is None:
         raise ValueError(f"{args.lut} does not name the device it was measured on; --measure cannot run the spec")
+    from .._checks import check_count
+    check_count("--rounds", args.rounds)
+    if not 0 < args.tolerance < 1:
+        raise ValueError(f"--tolerance {args.tolerance} must be a share of the target in (0, 1), e.g. 0.05")
     if args.train_threads is not None:
-        from .._checks import check_count
         import torch
         check_count("--train-threads", args.train_threads)
         torch.set_num_threads(args.train_threads)
@@ -50,7 +54,10 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     else:
         result = search(space, lut, data=args.data, config=config, progress=progress)
     save_spec(result, args.out)
-    measured = _measure_spec(args, lut, space, result) if args.measure else None
+    measured = None
+    if args.measure:
+        result, measured = _measure_rounds(args, lut, space, result, config.band)
+        save_spec(result, args.out)
     if args.json:
         print(json.dumps({"out": str(args.out), **result.to_dict(), "target_note": target_note,
                           "measured": measured}, indent=2))
@@ -63,9 +70,15 @@ def cmd_nas_search(args: argparse.Namespace, out: Console) -> int:
     for note in result.notes:
         out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if measured is not None:
+        for r in measured["rounds"] if len(measured["rounds"]) > 1 else ():
+            error = "" if r["error_pct"] is None else f" ({r['error_pct']:+.1f} % of the target)"
+            out.print(f"round {r['round']}: derived at {r['plain_target_ms']:.4f} ms of plain sum, predicted "
+                      f"{r['plain_ms']:.4f} ms, measured {r['measured_ms']:.4f} ms{error}",
+                      markup=False, highlight=False, soft_wrap=True)
         fitted = "" if measured["fitted_ms"] is None else (f", overhead model {measured['fitted_ms']:.4f} ms "
                                                            f"({measured['fitted_error_pct']:+.1f} %)")
-        out.print(f"measured on {measured['device']}: {measured['measured_ms']:.4f} ms; LUT plain sum "
+        kept = "" if len(measured["rounds"]) == 1 else f"kept round {measured['round']}: "
+        out.print(f"{kept}measured on {measured['device']}: {measured['measured_ms']:.4f} ms; LUT plain sum "
                   f"{measured['plain_ms']:.4f} ms ({measured['plain_error_pct']:+.1f} %){fitted}; added to "
                   f"{args.lut} ({measured['lut_networks']} measured networks"
                   + (", overhead model refitted)" if measured["overhead_refitted"] else ")"),
@@ -81,34 +94,66 @@ def _describe(result) -> str:
     return " ".join(result.choices)
 
 
-def _measure_spec(args: argparse.Namespace, lut, space, result) -> dict:
+def _measure_rounds(args: argparse.Namespace, lut, space, result, band: float) -> tuple[Any, dict]:
     """The loop's last step: the searched spec exported as the LUT's entries were, run on the LUT's
     device (the result goes to the results store), compared with the prediction, and added to the
-    LUT's measured networks so the overhead model, and the next search's target, use it."""
-    from ..devices.stats import Protocol
-    from ..lut.build import NetworkUnit, TorchTimer
-    from ..lut.device import DeviceTimer
+    LUT's measured networks so the overhead model, and the next search's target, use it.
+
+    With a target, up to ``--rounds`` networks: while the measured latency is more than
+    ``--tolerance`` off the target, the derivation runs again from the same architecture
+    probabilities at a plain-sum budget corrected by what the last network measured against its
+    plain sum (centred in the derivation's window), and that network is measured too. The one
+    measured closest to the target is kept."""
+    from ..lut.build import NetworkUnit
     from ..lut.lut import save_lut
     from ..lut.predict import add_measured_network
 
-    unit = NetworkUnit(result.spec, space.in_chans, space.num_classes)
-    if lut.format == "torch":
-        timer = TorchTimer(threads=lut.threads)
-    else:
-        options = {"profile": args.profile} if args.profile else {}
-        timer = DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
-                            format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
-                            expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic,
-                            allow_emulated=bool(lut.device.get("emulated")))  # the LUT was built so on purpose
-    (ms,) = timer([unit])
-    updated = add_measured_network(lut, space, result.choices, ms)
-    save_lut(updated, args.lut)
+    timer, start_lut = _spec_timer(args, lut, space), lut
+    tried: list[tuple[Any, dict]] = []
+    while True:
+        unit = NetworkUnit(result.spec, space.in_chans, space.num_classes)
+        (ms,) = timer([unit])
+        lut = add_measured_network(lut, space, result.choices, ms)
+        save_lut(lut, args.lut)
+        p = result.prediction
+        error = None if args.target_ms is None else 100 * (ms - args.target_ms) / args.target_ms
+        tried.append((result, {"round": len(tried) + 1, "choices": _jsonable(result.choices),
+                               "plain_target_ms": result.target_ms, "plain_ms": p.plain_ms, "measured_ms": ms,
+                               "error_pct": error, "fitted_ms": p.fitted_ms}))
+        if error is None or abs(error) <= 100 * args.tolerance or len(tried) >= args.rounds or result.rederive is None:
+            break
+        following = result.rederive(args.target_ms * p.plain_ms / ms / (1 - band / 2))
+        if any(_jsonable(following.choices) == r["choices"] for _, r in tried):
+            break  # the corrected budget derives a network already measured: the space has nothing nearer
+        result = following
+    result, kept = min(tried, key=lambda t: abs(t[1]["error_pct"] or 0.0))
     p = result.prediction
-    return {"device": lut.device.get("device", "local"), "format": lut.format, "precision": lut.precision,
-            "threads": lut.threads, "measured_ms": ms, "plain_ms": p.plain_ms,
-            "plain_error_pct": 100 * (p.plain_ms - ms) / ms, "fitted_ms": p.fitted_ms,
-            "fitted_error_pct": None if p.fitted_ms is None else 100 * (p.fitted_ms - ms) / ms,
-            "lut_networks": len(updated.networks), "overhead_refitted": updated.overhead != lut.overhead}
+    return result, {"device": lut.device.get("device", "local"), "format": lut.format, "precision": lut.precision,
+                    "threads": lut.threads, "measured_ms": kept["measured_ms"], "plain_ms": p.plain_ms,
+                    "plain_error_pct": 100 * (p.plain_ms - kept["measured_ms"]) / kept["measured_ms"],
+                    "fitted_ms": p.fitted_ms, "fitted_error_pct": None if p.fitted_ms is None else
+                    100 * (p.fitted_ms - kept["measured_ms"]) / kept["measured_ms"], "round": kept["round"],
+                    "rounds": [r for _, r in tried], "lut_networks": len(lut.networks),
+                    "overhead_refitted": lut.overhead != start_lut.overhead}
+
+
+def _jsonable(choices: Any) -> Any:
+    return json.loads(json.dumps(list(choices)))
+
+
+def _spec_timer(args: argparse.Namespace, lut, space):
+    """What measures a searched spec: the LUT's device, format, precision, threads and statistic."""
+    from ..devices.stats import Protocol
+    from ..lut.build import TorchTimer
+    from ..lut.device import DeviceTimer
+
+    if lut.format == "torch":
+        return TorchTimer(threads=lut.threads)
+    options = {"profile": args.profile} if args.profile else {}
+    return DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
+                       format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
+                       expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic,
+                       allow_emulated=bool(lut.device.get("emulated")))  # the LUT was built so on purpose
 
 
 def add_nas_commands(sub: argparse._SubParsersAction) -> None:
@@ -142,6 +187,11 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="store_true",
                    help="export the searched spec, run it on the LUT's device, compare with the prediction and add "
                         "the measurement to the LUT (its overhead model then maps the next --target-ms)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--measure with --target-ms: networks measured at most; while one is more than --tolerance "
+                        "off the target, derive again from the same probabilities at a budget corrected by its "
+                        "measurement, and keep the one closest to the target (1: measure the first only)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="--rounds: share off the target that is close enough")
     p.add_argument("--profile", help="device profile (JSON/TOML) for the LUT's ssh:// or adb:// device (--measure)")
     p.add_argument("--passes", type=int, default=3, help="--measure: runs of the spec, its figure the smallest of "
                                                          "the LUT's statistic (as `lut build` and `lut check` "

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -227,6 +227,9 @@ class SearchResult:
     config: dict[str, Any] = field(default_factory=dict)
     argmax: tuple[str, ...] = ()  # the most likely candidate of each layer, before the budget derivation
     argmax_ms: float | None = None
+    # the derivation again at another plain-sum target, from the same architecture probabilities
+    # (``nas search --measure`` corrects its budget by what it measured); None without a trained search
+    rederive: Callable[[float], "SearchResult"] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "choices": list(self.choices), "predicted": self.prediction.to_dict(),
@@ -367,17 +370,28 @@ def _search(space: FBNetV1Space, lut: Lut, table: LatencyTable, x: np.ndarray, y
         if progress is not None:
             progress(record)
     argmax = net.choices()
-    choices, derive_note = argmax, None
-    if config.target_ms is not None and config.derive == "budget":
-        choices, derive_note = _derive_budget(space, lut, table, slowest_ms,
-                                              net.theta.detach().double().log_softmax(-1).numpy(),
-                                              config.target_ms, config.band, argmax)
-    spec = space.spec(choices)
-    prediction = predict(spec, lut)
-    notes = _notes(prediction, config, slowest_ms) + ((derive_note,) if derive_note else ())
-    return SearchResult(spec, choices, prediction, config.target_ms, fast_ms, slowest_ms,
-                        tuple(history), tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()),
-                        notes, time.perf_counter() - start, _config_dict(config), argmax, _plain(space, argmax, lut))
+    log_probs = net.theta.detach().double().log_softmax(-1).numpy()
+    base = SearchResult(space.spec(argmax), argmax, predict(space.spec(argmax), lut), config.target_ms, fast_ms,
+                        slowest_ms, tuple(history),
+                        tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()), (),
+                        time.perf_counter() - start, _config_dict(config), argmax, _plain(space, argmax, lut))
+
+    def rederive(target_ms: float) -> SearchResult:
+        """The derivation at ``target_ms`` (LUT plain sum) from the search's probabilities."""
+        cfg = replace(config, target_ms=target_ms)
+        choices, derive_note = argmax, None
+        if config.derive == "budget":
+            choices, derive_note = _derive_budget(space, lut, table, slowest_ms, log_probs, target_ms, config.band,
+                                                  argmax)
+        spec = space.spec(choices)
+        prediction = predict(spec, lut)
+        notes = _notes(prediction, cfg, slowest_ms) + ((derive_note,) if derive_note else ())
+        return replace(base, spec=spec, choices=choices, prediction=prediction, target_ms=target_ms, notes=notes,
+                       rederive=rederive)
+
+    if config.target_ms is None:
+        return replace(base, notes=_notes(base.prediction, config, slowest_ms))
+    return rederive(config.target_ms)
 
 
 def most_likely_within(space: FBNetV1Space, lut: Lut, log_probs: np.ndarray, low_ms: float,

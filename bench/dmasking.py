@@ -106,6 +106,10 @@ def _lut_key(args: argparse.Namespace) -> str:
     return f"{space}{args.resolution}px-{args.format}-{args.precision}{sample}{head}{chains}"
 
 
+def _search_key(args: argparse.Namespace) -> str:
+    return f"{_lut_key(args)}, {args.limit} images x {args.epochs} epochs"
+
+
 def _lut_path(args: argparse.Namespace) -> Path:
     if args.space == "fbnet-v2" and not args.imagenet_head and not args.chains:  # the first builds' folders
         return OUT / "dmasking" / f"lut-{args.resolution}-{args.format}-{args.precision}-s{args.sample}" / "lut.json"
@@ -129,7 +133,7 @@ def step_search(args: argparse.Namespace) -> dict[str, Any]:
     for share in (0.25, 0.5, 0.75):
         target = o["a_ms"] + o["b"] * (fast + share * (slow - fast))  # device ms
         for seed in (int(s) for s in args.seeds.split(",")):
-            out = lut_path.parent / f"search-{share}-{seed}.json"
+            out = lut_path.parent / f"search-{share}-{seed}-{args.limit}x{args.epochs}.json"
             cmd = [EDGEKIT, "nas", "search", "--space", "fbnet-v2", "--lut", str(lut_path), "--target-ms",
                    f"{target:.5f}", "--seed", str(seed), "--epochs", str(args.epochs), "--limit", str(args.limit),
                    "--measure", "--rounds", str(args.rounds), "--out", str(out), "--json",
@@ -336,7 +340,7 @@ def main() -> None:
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:
-        doc.setdefault("search", {})[_lut_key(args)] = {**stamp, "result": step_search(args)}
+        doc.setdefault("search", {})[_search_key(args)] = {**stamp, "result": step_search(args)}
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

@@ -82,8 +82,19 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
             out.print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  test top-1 {100 * rec['top1']:.2f} %  "
                       f"({rec['seconds']:.0f} s)", highlight=False)
 
-    result = train(args.model, data=args.data, out=args.out, config=config, in_chans=args.in_chans,
-                   resolution=args.resolution, init=args.init, progress=progress)
+    name, arch = args.model, None
+    if args.arch:
+        if args.init or args.width is not None:
+            raise ValueError("--arch builds the network its ArchSpec describes; --init and --width are for zoo and "
+                             "timm models")
+        arch = _read_arch(args.arch)
+        if arch.name != args.model:
+            raise ValueError(f"{args.arch} describes {arch.name!r}, not {args.model!r}: name the network as its "
+                             f"ArchSpec does (`edgekit export {arch.name} --weights ...` then finds it)")
+        name = None
+    result = train(name, arch=arch, data=args.data, out=args.out, config=config, in_chans=args.in_chans,
+                   resolution=args.resolution or (arch.resolution if arch else None), width=args.width,
+                   init=args.init, progress=progress)
     if args.json:
         print(json.dumps({"weights": str(result.weights), "top1": result.top1, "epochs": result.epochs,
                           "seconds": result.seconds, "history": list(result.history)}, indent=2))
@@ -131,13 +142,27 @@ def _export_model(args: argparse.Namespace):
             raise ValueError(f"{args.weights} holds weights of {trained_as!r}, not {args.model!r}")
         return model, args.model, args.weights, sha, None
     if args.arch:
-        spec = ArchSpec.from_json(open(args.arch).read())
+        spec = _read_arch(args.arch)
         side = args.resolution or spec.resolution
         model = build_model(arch=spec, num_classes=args.num_classes or 1000, in_chans=args.in_chans or 3,
                             resolution=side)
         return model, spec.name, None, None, None
     model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, resolution=args.resolution)
     return model, args.model, None, None, None
+
+
+def _read_arch(path: str):
+    from .models import ArchSpec
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read the ArchSpec {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not an ArchSpec JSON (not text); `nas search --out` writes one") from None
+    try:
+        return ArchSpec.from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an ArchSpec JSON ({e}); `nas search --out` writes one") from None
 
 
 def cmd_export(args: argparse.Namespace, out: Console) -> int:
@@ -608,9 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("train", help="train a zoo model on a labelled dataset (Fashion-MNIST by default), or fine-tune "
-                       "a timm checkpoint (timm:NAME --init FILE)")
+    p = sub.add_parser("train", help="train a zoo model or a searched ArchSpec (NAME --arch SPEC) on a labelled dataset "
+                       "(Fashion-MNIST by default), or fine-tune a timm checkpoint (timm:NAME --init FILE)")
     p.add_argument("model")
+    p.add_argument("--arch", help="ArchSpec JSON (`nas search --out`) to train instead of a zoo model; NAME is its name")
+    p.add_argument("--width", type=float, help="zoo model: channel multiplier (default the model's own)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:N], a directory of IDX files or class folders")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--out", required=True, help="weights file to write (.pt)")

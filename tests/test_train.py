@@ -56,3 +56,34 @@ def test_bad_config():
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="epochs 0"):
         TrainConfig(epochs=0)
+
+
+@pytest.mark.slow
+def test_cli_trains_a_searched_archspec_and_export_finds_its_weights(tmp_path, capsys):
+    """``edgekit train NAME --arch SPEC``: the network the ArchSpec describes, at its resolution, on
+    Fashion-MNIST; the weights record the spec, and ``edgekit export NAME --weights`` rebuilds it."""
+    import json
+    from edgekit.cli import main
+    from edgekit.nas.dmasking import FBNetV2Space
+    space = FBNetV2Space(resolution=16, resolutions=(16, 12), width=1.0, in_chans=1, num_classes=10,
+                         stem_channels=(8, 16, 8), head_channels=64,
+                         stages=(((8, 16, 8), 1, 1, (1.0,)), ((8, 16, 8), 2, 2, (2.0, 3.0))))
+    spec = space.spec(space.widest()).replace(resolution=12)
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    weights = tmp_path / "w.pt"
+    assert main(["train", spec.name, "--arch", str(tmp_path / "spec.json"), "--limit", "256", "--batch-size", "64",
+                 "--out", str(weights), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["epochs"] == 1 and 0 <= doc["top1"] <= 1
+    model, meta, _ = load_weights(weights)
+    assert meta["model"] is None and meta["arch"] == spec.to_dict() and meta["resolution"] == [12, 12]
+    assert model.default_cfg["input_size"] == [1, 12, 12]
+    assert main(["export", spec.name, "--weights", str(weights), "--format", "onnx", "--precision", "fp32",
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    for args, says in (((spec.name, "--arch", str(tmp_path / "missing.json")), "cannot read the ArchSpec"),
+                       (("other", "--arch", str(tmp_path / "spec.json")), f"describes {spec.name!r}, not 'other'"),
+                       ((spec.name, "--arch", str(tmp_path / "spec.json"), "--width", "0.5"), "--init and --width"),
+                       ((spec.name, "--arch", str(weights)), "is not an ArchSpec JSON")):
+        assert main(["train", *args, "--out", str(tmp_path / "x.pt")]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
 
 def _export_model(args: argparse.Namespace):
     """(model, name, weights path, weights sha, external source) for `edgekit export` from its arguments."""
-    from .models import ArchSpec, create_model
+    from .models import create_model
     from .models.external import describe, is_external, load_external, load_timm_source
     from .models.pretrained import is_timm
     from .train import build_model, load_weights

@@ -13,6 +13,12 @@ classes, width 0.5), on the local device. Steps:
   point, in device milliseconds through the LUT's overhead model) and ``--seeds``: the measured
   latency of the first derived network and of the kept one against the target, the networks
   measured, the training's seconds and the whole command's.
+- ``compare``: at the ``search`` step's targets (same ``--limit`` / ``--epochs``), against the
+  ``fbnet-v2`` searched networks: ``fbnet-v1``'s DNAS on a ``fbnet-v1`` LUT of the same device,
+  format, precision and resolution (``--steps lut --space fbnet-v1``), at the same budget and seeds,
+  and the zoo's FBNetV2 F1 and F4 narrowed to each target (their width multiplier bisected on the
+  device's measurements). Every network is then trained with ``edgekit train NAME --arch`` on
+  ``--train-limit`` images for ``--train-epochs`` and scored on the 10,000 test images.
 - ``memory``: peak resident memory (each in a fresh process) of the search (supernet + architecture
   steps) against training the space's widest network alone on the same images and batches, and the
   seconds per epoch of each.
@@ -22,6 +28,8 @@ classes, width 0.5), on the local device. Steps:
     .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format tflite --precision int8 --check 20
     .venv/bin/python bench/dmasking.py --steps memory --limit 2000
     .venv/bin/python bench/dmasking.py --steps search --resolution 32 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
+    .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format onnx --precision fp32 --check 20
+    .venv/bin/python bench/dmasking.py --steps compare --sample 400 --seeds 0,1 --limit 12000 --epochs 8
 
 Writes bench/results/dmasking.json (steps run on separate occasions accumulate, each with its command
 and date) and dmasking.md; exported files go to bench/out/dmasking/ (gitignored).
@@ -42,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import OUT, RESULTS, fingerprint, write_json  # noqa: E402
 
-STEPS = ("size", "lut", "memory", "search")
+STEPS = ("size", "lut", "memory", "search", "compare")
+ZOO = ("fbnetv2_f1", "fbnetv2_f4")  # F1-F3 are one network at three resolutions; F4 has its own blocks
 EDGEKIT = str(ROOT / ".venv" / "bin" / "edgekit")
 SCALE = ["--width", "0.5", "--in-chans", "1", "--num-classes", "10"]
 
@@ -149,6 +158,100 @@ def step_search(args: argparse.Namespace) -> dict[str, Any]:
     within = sum(abs(r["error_pct"]) <= 5 for r in runs)
     return {"runs": runs, "within_5pct": within, "n": len(runs), "limit": args.limit, "epochs": args.epochs,
             "rounds": args.rounds}
+
+
+def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any]:
+    from edgekit.lut.lut import load_lut
+
+    key = _search_key(args)
+    if key not in doc.get("search", {}):
+        raise SystemExit(f"no search run {key!r} in bench/results/dmasking.json: run --steps search with the same "
+                         f"--resolution, --format, --precision, --sample, --limit and --epochs first")
+    searched = doc["search"][key]["result"]["runs"]
+    v1_path = _lut_path(argparse.Namespace(**{**vars(args), "space": "fbnet-v1", "imagenet_head": False}))
+    if not v1_path.exists():
+        raise SystemExit(f"{v1_path} does not exist: run --steps lut --space fbnet-v1 --format {args.format} "
+                         f"--precision {args.precision} --resolution {args.resolution} first")
+    v2_lut = load_lut(_lut_path(args))
+    work = _lut_path(args).parent / f"compare-{args.limit}x{args.epochs}"
+    work.mkdir(exist_ok=True)
+    rows = []
+    for share in sorted({r["share"] for r in searched}):
+        runs = [r for r in searched if r["share"] == share]
+        target = runs[0]["target_ms"]
+        for r in runs:
+            spec = _lut_path(args).parent / f"search-{share}-{r['seed']}-{args.limit}x{args.epochs}.json"
+            rows.append({"share": share, "target_ms": target, "method": "fbnet-v2 DMaskingNAS", "seed": r["seed"],
+                         "spec": str(spec), "measured_ms": r["measured_ms"]})
+        for seed in sorted({r["seed"] for r in runs}):
+            out = work / f"v1-{share}-{seed}.json"
+            cmd = [EDGEKIT, "nas", "search", "--space", "fbnet-v1", "--lut", str(v1_path), "--target-ms",
+                   f"{target:.5f}", "--seed", str(seed), "--epochs", str(args.epochs), "--limit", str(args.limit),
+                   "--measure", "--rounds", str(args.rounds), "--out", str(out), "--json",
+                   *(["--train-threads", str(args.train_threads)] if args.train_threads else [])]
+            got, seconds = _run(cmd)
+            rows.append({"share": share, "target_ms": target, "method": "fbnet-v1 DNAS", "seed": seed,
+                         "spec": str(out), "measured_ms": got["measured"]["measured_ms"],
+                         "search_seconds": round(seconds, 1), "command": " ".join(cmd[1:])})
+        for name in ZOO:
+            spec, ms, width = _narrowed(name, target, v2_lut, work)
+            rows.append({"share": share, "target_ms": target, "method": f"zoo {name} narrowed", "seed": None,
+                         "spec": str(spec), "measured_ms": ms, "width": width})
+    for row in rows:  # every network trained alike, after all measurements
+        spec = json.loads(Path(row["spec"]).read_text())
+        weights = work / (Path(row["spec"]).stem + ".pt")
+        cmd = [EDGEKIT, "train", spec["name"], "--arch", row["spec"], "--epochs", str(args.train_epochs),
+               "--limit", str(args.train_limit), "--out", str(weights), "--json"]
+        got, seconds = _run(cmd)
+        row.update(top1=got["top1"], train_seconds=round(seconds, 1), params=_params(spec),
+                   error_pct=100 * (row["measured_ms"] - row["target_ms"]) / row["target_ms"])
+    return {"rows": rows, "limit": args.limit, "epochs": args.epochs, "train_limit": args.train_limit,
+            "train_epochs": args.train_epochs, "v1_lut": str(v1_path.relative_to(ROOT)),
+            "v2_lut": str(_lut_path(args).relative_to(ROOT))}
+
+
+def _params(spec: dict[str, Any]) -> int:
+    from edgekit.models import ArchSpec, from_arch
+    net = from_arch(ArchSpec.from_dict(spec), num_classes=10, in_chans=1)
+    return sum(p.numel() for p in net.parameters())
+
+
+def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -> tuple[Path, float, float]:
+    """The zoo network ``name`` at the LUT's resolution and Fashion-MNIST scale, its width multiplier
+    bisected (geometrically, in [0.1, 1.5]) on latencies measured on the LUT's device the way the
+    LUT measures networks; the measured width closest to the target. Widths round to 8 channels, so
+    neighbouring multipliers often build one network: each is measured once."""
+    from edgekit.devices.stats import Protocol
+    from edgekit.lut.build import NetworkUnit
+    from edgekit.lut.device import DeviceTimer
+    from edgekit.lut.space import SPACES
+    from edgekit.models.fbnet import fbnet_arch, scale_width
+
+    space = SPACES[lut.space["name"]].from_dict(lut.space)
+    timer = DeviceTimer(space, work_dir=work / "zoo", device=lut.device["device"], format=lut.format,
+                        precision=lut.precision, protocol=Protocol(threads=lut.threads), expect=lut.device, passes=3,
+                        statistic=lut.statistic)
+    seen: dict[str, tuple[float, float, Any]] = {}
+
+    def measure(width: float) -> float:
+        spec = scale_width(fbnet_arch(name), width).replace(resolution=space.resolution, name=f"{name}_narrowed")
+        text = spec.to_json()
+        if text not in seen:
+            (ms,) = timer([NetworkUnit(spec, space.in_chans, space.num_classes)])
+            seen[text] = (ms, width, spec)
+        return seen[text][0]
+
+    lo, hi = 0.1, 1.5
+    for _ in range(steps):
+        mid = (lo * hi) ** 0.5
+        if measure(mid) > target_ms:
+            hi = mid
+        else:
+            lo = mid
+    ms, width, spec = min(seen.values(), key=lambda v: abs(v[0] - target_ms))
+    path = work / f"zoo-{name}-{target_ms:.4f}.json"
+    path.write_text(spec.to_json())
+    return path, ms, width
 
 
 _MEMORY_CHILD = r"""
@@ -268,6 +371,21 @@ def table(doc: dict[str, Any]) -> str:
                   f"| widest network alone | {m['widest']['peak_rss_mb']:.0f} | {m['widest']['seconds_per_epoch']:.1f} |",
                   f"| search | {m['search']['peak_rss_mb']:.0f} | {m['search']['seconds_per_epoch']:.1f} |",
                   f"| ratio | {m['peak_ratio']:.2f} | {m['epoch_ratio']:.2f} |", ""]
+    for key, run in sorted(doc.get("compare", {}).items()):
+        r = run["result"]
+        lines += [f"## Compared at the same targets: {key}", "",
+                  f"`{run['command']}` ({run['date']}). Searches on {r['limit']} images for {r['epochs']} epochs "
+                  f"(`{r['v2_lut']}`, `{r['v1_lut']}`); every network then trained with `edgekit train NAME "
+                  f"--arch` on {r['train_limit']} images for {r['train_epochs']} epochs; top-1 on the 10,000 test "
+                  f"images; latency measured on the LUTs' device.", "",
+                  "| target ms | network | seed | measured ms | off target | params | top-1 % |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for x in r["rows"]:
+            name = x["method"] + (f" (width {x['width']:.3f})" if x.get("width") else "")
+            lines.append(f"| {x['target_ms']:.4f} | {name} | {'-' if x['seed'] is None else x['seed']} | "
+                         f"{x['measured_ms']:.4f} | {x['error_pct']:+.1f} % | {x['params']:,} | "
+                         f"{100 * x['top1']:.2f} |")
+        lines.append("")
     for key, run in sorted(doc.get("search", {}).items()):
         r = run["result"]
         lines += [f"## Searches on the LUT {key}", "", f"`{run['command']}` ({run['date']}): {r['limit']} images, "
@@ -320,6 +438,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--train-limit", type=int, default=12000, help="compare step: training images per network")
+    ap.add_argument("--train-epochs", type=int, default=8, help="compare step: training epochs per network")
     ap.add_argument("--rounds", type=int, default=3, help="search step: nas search --rounds (networks measured at "
                                                           "most per search)")
     ap.add_argument("--train-threads", type=int, help="search step: torch threads for training (default torch's)")
@@ -341,6 +461,8 @@ def main() -> None:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:
         doc.setdefault("search", {})[_search_key(args)] = {**stamp, "result": step_search(args)}
+    if "compare" in steps:
+        doc.setdefault("compare", {})[_search_key(args)] = {**stamp, "result": step_compare(args, doc)}
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

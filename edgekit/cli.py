@@ -87,10 +87,7 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
         if args.init or args.width is not None:
             raise ValueError("--arch builds the network its ArchSpec describes; --init and --width are for zoo and "
                              "timm models")
-        arch = _read_arch(args.arch)
-        if arch.name != args.model:
-            raise ValueError(f"{args.arch} describes {arch.name!r}, not {args.model!r}: name the network as its "
-                             f"ArchSpec does (`edgekit export {arch.name} --weights ...` then finds it)")
+        arch = _read_arch(args.arch).replace(name=args.model)  # `export NAME --weights` finds it by NAME
         name = None
     result = train(name, arch=arch, data=args.data, out=args.out, config=config, in_chans=args.in_chans,
                    resolution=args.resolution or (arch.resolution if arch else None), width=args.width,
@@ -636,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a zoo model or a searched ArchSpec (NAME --arch SPEC) on a labelled dataset "
                        "(Fashion-MNIST by default), or fine-tune a timm checkpoint (timm:NAME --init FILE)")
     p.add_argument("model")
-    p.add_argument("--arch", help="ArchSpec JSON (`nas search --out`) to train instead of a zoo model; NAME is its name")
+    p.add_argument("--arch", help="ArchSpec JSON (`nas search --out`) to train instead of a zoo model, named NAME")
     p.add_argument("--width", type=float, help="zoo model: channel multiplier (default the model's own)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:N], a directory of IDX files or class folders")
     p.add_argument("--epochs", type=int, default=1)

@@ -167,7 +167,8 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
     if key not in doc.get("search", {}):
         raise SystemExit(f"no search run {key!r} in bench/results/dmasking.json: run --steps search with the same "
                          f"--resolution, --format, --precision, --sample, --limit and --epochs first")
-    searched = doc["search"][key]["result"]["runs"]
+    seeds = {int(x) for x in args.seeds.split(",")}
+    searched = [r for r in doc["search"][key]["result"]["runs"] if r["seed"] in seeds]
     v1_path = _lut_path(argparse.Namespace(**{**vars(args), "space": "fbnet-v1", "imagenet_head": False}))
     if not v1_path.exists():
         raise SystemExit(f"{v1_path} does not exist: run --steps lut --space fbnet-v1 --format {args.format} "

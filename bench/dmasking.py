@@ -153,6 +153,7 @@ def step_search(args: argparse.Namespace) -> dict[str, Any]:
                          "measured_ms": m["measured_ms"], "error_pct": 100 * (m["measured_ms"] - target) / target,
                          "plain_ms": m["plain_ms"], "fitted_ms": m["fitted_ms"], "point": doc["point"],
                          "rounds": m["rounds"], "kept_round": m["round"], "search_seconds": round(doc["seconds"], 1),
+                         "out": str(out.relative_to(ROOT)),
                          "peak_rss_mb": doc["peak_rss_mb"], "command": " ".join(cmd[1:])})
             lut = load_lut(lut_path)  # --measure refitted its overhead model
     within = sum(abs(r["error_pct"]) <= 5 for r in runs)
@@ -173,6 +174,10 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
     if not v1_path.exists():
         raise SystemExit(f"{v1_path} does not exist: run --steps lut --space fbnet-v1 --format {args.format} "
                          f"--precision {args.precision} --resolution {args.resolution} first")
+    missing = [r for r in searched if "out" not in r or not (ROOT / r["out"]).exists()]
+    if missing:
+        raise SystemExit(f"the searched spec of {len(missing)} run(s) of {key!r} is not on disk (e.g. share "
+                         f"{missing[0]['share']}, seed {missing[0]['seed']}): run --steps search again")
     v2_lut = load_lut(_lut_path(args))
     work = _lut_path(args).parent / f"compare-{args.limit}x{args.epochs}"
     work.mkdir(exist_ok=True)
@@ -181,9 +186,8 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
         runs = [r for r in searched if r["share"] == share]
         target = runs[0]["target_ms"]
         for r in runs:
-            spec = _lut_path(args).parent / f"search-{share}-{r['seed']}-{args.limit}x{args.epochs}.json"
             rows.append({"share": share, "target_ms": target, "method": "fbnet-v2 DMaskingNAS", "seed": r["seed"],
-                         "spec": str(spec), "measured_ms": r["measured_ms"]})
+                         "spec": str(ROOT / r["out"]), "measured_ms": r["measured_ms"]})
         for seed in sorted({r["seed"] for r in runs}):
             out = work / f"v1-{share}-{seed}.json"
             cmd = [EDGEKIT, "nas", "search", "--space", "fbnet-v1", "--lut", str(v1_path), "--target-ms",

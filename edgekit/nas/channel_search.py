@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -35,8 +35,8 @@ from ..lut.predict import Prediction, predict
 from ..models.arch import ArchSpec
 from .channel_lut import ChannelLatency
 from .dmasking import BLOCK_TYPES, FBNetV2Space, SuperNetV2, expected_latency
-from .dnas import (DnasConfig, _batches, _config_dict, _notes, _set_trainable, _training, architecture_loss, check_inputs,
-                   fastest_instead, load_arrays)
+from .dnas import (DnasConfig, _batches, _config_dict, _set_trainable, _training, architecture_loss, check_inputs,
+                   derived, fastest_instead, load_arrays)
 
 __all__ = ["ArchParams", "ChannelSearchResult", "most_likely_point", "search_channels", "search_channels_arrays"]
 
@@ -317,22 +317,8 @@ def _search(space: FBNetV2Space, lut: Lut, table: ChannelLatency, x: np.ndarray,
     base = ChannelSearchResult(space.spec(argmax), argmax, predict(space.spec(argmax), lut), config.target_ms,
                                fast_ms, slow_ms, tuple(history), probs, (), time.perf_counter() - start,
                                _config_dict(config), argmax, table.point_ms(argmax), _peak_rss_mb())
-
-    def rederive(target_ms: float) -> ChannelSearchResult:
-        """The derivation at ``target_ms`` (LUT plain sum) from the search's probabilities."""
-        cfg = replace(config, target_ms=target_ms)
-        point, derive_note = argmax, None
-        if config.derive == "budget":
-            point, derive_note = _derive(table, log_probs, argmax, cfg, slow_ms)
-        spec = space.spec(point)
-        prediction = predict(spec, lut)
-        notes = _notes(prediction, cfg, slow_ms) + ((derive_note,) if derive_note else ())
-        return replace(base, spec=spec, point=point, prediction=prediction, target_ms=target_ms, notes=notes,
-                       rederive=rederive)
-
-    if config.target_ms is None:
-        return replace(base, notes=_notes(base.prediction, config, slow_ms))
-    return rederive(config.target_ms)
+    return derived(base, "point", space, lut, config, slow_ms,
+                   lambda cfg: _derive(table, log_probs, argmax, cfg, slow_ms))
 
 
 def _derive(table: ChannelLatency, log_probs: dict[str, Any], argmax: dict[str, Any], config: DnasConfig,

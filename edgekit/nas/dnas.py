@@ -375,19 +375,25 @@ def _search(space: FBNetV1Space, lut: Lut, table: LatencyTable, x: np.ndarray, y
                         slowest_ms, tuple(history),
                         tuple(tuple(round(float(p), 4) for p in row) for row in net.probabilities()), (),
                         time.perf_counter() - start, _config_dict(config), argmax, _plain(space, argmax, lut))
+    return derived(base, "choices", space, lut, config, slowest_ms,
+                   lambda cfg: _derive_budget(space, lut, table, slowest_ms, log_probs, cfg.target_ms, cfg.band,
+                                              argmax))
 
-    def rederive(target_ms: float) -> SearchResult:
-        """The derivation at ``target_ms`` (LUT plain sum) from the search's probabilities."""
+
+def derived(base: Any, field_name: str, space: Any, lut: Lut, config: DnasConfig, slowest_ms: float,
+            derive: Callable[[DnasConfig], tuple[Any, str | None]]) -> Any:
+    """A search's result from ``base`` (its argmax): derived by ``derive(config)`` (the network and a
+    note) under ``config.target_ms`` when ``config.derive`` is "budget", or ``base`` with its notes
+    without a target. Its ``rederive`` derives again at another plain-sum target; ``field_name`` is
+    the result's field of the derived network ("choices" or "point")."""
+    def rederive(target_ms: float) -> Any:
         cfg = replace(config, target_ms=target_ms)
-        choices, derive_note = argmax, None
-        if config.derive == "budget":
-            choices, derive_note = _derive_budget(space, lut, table, slowest_ms, log_probs, target_ms, config.band,
-                                                  argmax)
-        spec = space.spec(choices)
+        network, derive_note = derive(cfg) if config.derive == "budget" else (base.argmax, None)
+        spec = space.spec(network)
         prediction = predict(spec, lut)
         notes = _notes(prediction, cfg, slowest_ms) + ((derive_note,) if derive_note else ())
-        return replace(base, spec=spec, choices=choices, prediction=prediction, target_ms=target_ms, notes=notes,
-                       rederive=rederive)
+        return replace(base, spec=spec, prediction=prediction, target_ms=target_ms, notes=notes, rederive=rederive,
+                       **{field_name: network})
 
     if config.target_ms is None:
         return replace(base, notes=_notes(base.prediction, config, slowest_ms))

@@ -15,7 +15,8 @@ classes, width 0.5), on the local device. Steps:
   measured, the training's seconds and the whole command's.
 - ``compare``: at the ``search`` step's targets (same ``--limit`` / ``--epochs``), against the
   ``fbnet-v2`` searched networks: ``fbnet-v1``'s DNAS on a ``fbnet-v1`` LUT of the same device,
-  format, precision and resolution (``--steps lut --space fbnet-v1``), at the same budget and seeds,
+  format, precision and resolution (``--steps lut --space fbnet-v1 --v1-width W``, W such that its
+  range covers the targets: 1.0 at 32 px in ONNX fp32 here), at the same budget and seeds,
   and the zoo's FBNetV2 F1 and F4 narrowed to each target (their width multiplier bisected on the
   device's measurements). Every network is then trained with ``edgekit train NAME --arch`` on
   ``--train-limit`` images for ``--train-epochs`` and scored on the 10,000 test images.
@@ -28,8 +29,8 @@ classes, width 0.5), on the local device. Steps:
     .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format tflite --precision int8 --check 20
     .venv/bin/python bench/dmasking.py --steps memory --limit 2000
     .venv/bin/python bench/dmasking.py --steps search --resolution 32 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
-    .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format onnx --precision fp32 --check 20
-    .venv/bin/python bench/dmasking.py --steps compare --sample 400 --seeds 0,1 --limit 12000 --epochs 8
+    .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --v1-width 1.0 --format onnx --precision fp32 --check 20
+    .venv/bin/python bench/dmasking.py --steps compare --v1-width 1.0 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
 
 Writes bench/results/dmasking.json (steps run on separate occasions accumulate, each with its command
 and date) and dmasking.md; exported files go to bench/out/dmasking/ (gitignored).
@@ -80,6 +81,20 @@ def _run(cmd: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(done.stdout), seconds
 
 
+def _kept_run(cmd: list[str], record: Path) -> tuple[dict[str, Any], float]:
+    """:func:`_run`, its output kept in ``record`` beside what it wrote: a step interrupted after hours
+    of searches and training resumes from the commands already done (the same command only)."""
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept.get("command") == cmd:
+            return kept["output"], kept["seconds"]
+    out, seconds = _run(cmd)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"command": cmd, "output": out, "seconds": seconds}))
+    tmp.replace(record)
+    return out, seconds
+
+
 def step_lut(args: argparse.Namespace) -> dict[str, Any]:
     lut = _lut_path(args)
     lut.parent.mkdir(parents=True, exist_ok=True)
@@ -100,17 +115,20 @@ def step_lut(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _scale(args: argparse.Namespace) -> list[str]:
-    """Fashion-MNIST scale (1 channel, 10 classes; fbnet-v2 at width 0.5, fbnet-v1 at 0.25 as ``make
-    demo``), or ``--imagenet-head``: 3 channels, 1,000 classes, width 1.0."""
+    """Fashion-MNIST scale (1 channel, 10 classes; fbnet-v2 at width 0.5, fbnet-v1 at ``--v1-width``,
+    0.25 as ``make demo`` by default), or ``--imagenet-head``: 3 channels, 1,000 classes, width 1.0."""
     if args.imagenet_head:
         return ["--width", "1.0", "--in-chans", "3", "--num-classes", "1000"]
-    return ["--width", "0.5" if args.space == "fbnet-v2" else "0.25", "--in-chans", "1", "--num-classes", "10"]
+    return ["--width", "0.5" if args.space == "fbnet-v2" else f"{args.v1_width:g}", "--in-chans", "1",
+            "--num-classes", "10"]
 
 
 def _lut_key(args: argparse.Namespace) -> str:
     space = "" if args.space == "fbnet-v2" else f"{args.space}-"
     sample = f"-sample{args.sample}" if args.space == "fbnet-v2" else ""
     head = "-imagenet-head" if args.imagenet_head else ""
+    if args.space == "fbnet-v1" and not args.imagenet_head and args.v1_width != 0.25:
+        head = f"-width{args.v1_width:g}"
     chains = f"-chains{args.chains}" if args.chains else ""
     return f"{space}{args.resolution}px-{args.format}-{args.precision}{sample}{head}{chains}"
 
@@ -194,7 +212,7 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
                    f"{target:.5f}", "--seed", str(seed), "--epochs", str(args.epochs), "--limit", str(args.limit),
                    "--measure", "--rounds", str(args.rounds), "--out", str(out), "--json",
                    *(["--train-threads", str(args.train_threads)] if args.train_threads else [])]
-            got, seconds = _run(cmd)
+            got, seconds = _kept_run(cmd, out.with_suffix(".run.json"))
             rows.append({"share": share, "target_ms": target, "method": "fbnet-v1 DNAS", "seed": seed,
                          "spec": str(out), "measured_ms": got["measured"]["measured_ms"],
                          "search_seconds": round(seconds, 1), "command": " ".join(cmd[1:])})
@@ -207,7 +225,7 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
         weights = work / (Path(row["spec"]).stem + ".pt")
         cmd = [EDGEKIT, "train", spec["name"], "--arch", row["spec"], "--epochs", str(args.train_epochs),
                "--limit", str(args.train_limit), "--out", str(weights), "--json"]
-        got, seconds = _run(cmd)
+        got, seconds = _kept_run(cmd, weights.with_suffix(".run.json"))
         row.update(top1=got["top1"], train_seconds=round(seconds, 1), params=_params(spec),
                    error_pct=100 * (row["measured_ms"] - row["target_ms"]) / row["target_ms"])
     return {"rows": rows, "limit": args.limit, "epochs": args.epochs, "train_limit": args.train_limit,
@@ -232,6 +250,11 @@ def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -
     from edgekit.lut.space import SPACES
     from edgekit.models.fbnet import fbnet_arch, scale_width
 
+    path = work / f"zoo-{name}-{target_ms:.4f}.json"
+    record = path.with_suffix(".run.json")  # kept, so an interrupted compare step resumes
+    if path.exists() and record.exists():
+        kept = json.loads(record.read_text())
+        return path, kept["measured_ms"], kept["width"]
     space = SPACES[lut.space["name"]].from_dict(lut.space)
     timer = DeviceTimer(space, work_dir=work / "zoo", device=lut.device["device"], format=lut.format,
                         precision=lut.precision, protocol=Protocol(threads=lut.threads), expect=lut.device, passes=3,
@@ -254,8 +277,8 @@ def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -
         else:
             lo = mid
     ms, width, spec = min(seen.values(), key=lambda v: abs(v[0] - target_ms))
-    path = work / f"zoo-{name}-{target_ms:.4f}.json"
     path.write_text(spec.to_json())
+    record.write_text(json.dumps({"measured_ms": ms, "width": width}))
     return path, ms, width
 
 
@@ -433,6 +456,8 @@ def main() -> None:
     ap.add_argument("--steps", default="size", help=f"comma-separated: {', '.join(STEPS)}")
     ap.add_argument("--space", default="fbnet-v2", choices=("fbnet-v1", "fbnet-v2"), help="the lut step's space")
     ap.add_argument("--imagenet-head", action="store_true", help="lut step: 3 channels, 1,000 classes, width 1.0")
+    ap.add_argument("--v1-width", type=float, default=0.25, help="the fbnet-v1 LUT's width multiplier (lut step "
+                                                                 "with --space fbnet-v1, and the compare step)")
     ap.add_argument("--chains", type=int, default=32, help="lut step: chains for the junction model (0: none)")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--format", default="onnx")

@@ -13,7 +13,7 @@ from edgekit.cli import main
 from edgekit.lut import CANDIDATES, FBNetV1Space, Lut, TorchTimer, build_lut, get_space, local_fingerprint, predict, save_lut
 from edgekit.models import ArchSpec
 from edgekit.nas import DnasConfig, SuperNet, fastest_choices, most_likely_within, search, search_arrays
-from edgekit.nas.dnas import load_arrays
+from edgekit.nas.dnas import LatencyTable, load_arrays
 
 torch.set_num_threads(1)
 
@@ -49,16 +49,24 @@ def test_temperature_schedule_and_config_checks():
         DnasConfig(band=1.5)
 
 
-def test_most_likely_within_matches_brute_force(tiny_lut):
+@pytest.mark.parametrize("crossing_ms", [None, -0.03])
+def test_most_likely_within_matches_brute_force(tiny_lut, crossing_ms):
     """The budget derivation is exact: over all 9^4 points of the tiny space, the most likely one
     whose plain sum lies in the window. The LUT's keys are the measured one's, its values seeded
-    (measured values change from run to run, and some would leave a window with no point in it)."""
+    (measured values change from run to run, and some would leave a window with no point in it).
+    With a junction model whose crossing saves more than many blocks' entries cost, layers have
+    negative latencies, as a measured model at width 1.0 gives."""
     import dataclasses
     import itertools
+
+    from edgekit.lut.junction import JunctionModel
 
     rng = np.random.default_rng(3)
     tiny_lut = dataclasses.replace(tiny_lut, entries={k: float(v) for k, v in zip(
         sorted(tiny_lut.entries), rng.uniform(0.01, 0.2, len(tiny_lut.entries)))})
+    if crossing_ms is not None:
+        tiny_lut = tiny_lut.replace(junctions={"chains": [], "model": JunctionModel((crossing_ms, 0.0), 4).to_dict()})
+        assert LatencyTable.of(TINY, tiny_lut).per_layer.min() < 0
     points = list(itertools.product(CANDIDATES, repeat=len(TINY.layers)))
     ms = np.array([predict(TINY.spec(p), tiny_lut).plain_ms for p in points])
     idx = np.array([[CANDIDATES.index(c) for c in p] for p in points])

@@ -135,37 +135,48 @@ def most_likely_point(table: ChannelLatency, log_probs: dict[str, Any], low_ms: 
     ``[low_ms, high_ms]``; None when no point does.
 
     Dynamic programming per resolution over the layers, the state the previous layer's channel
-    choice and the latency so far on a grid of ``high / grid`` ms; the window is shrunk by the worst
-    accumulated rounding, so the returned point lies inside it."""
+    choice and the latency so far on a grid of ``high / grid`` ms (measured from the sum of the
+    parts' negative floors when entries are negative); the window is shrunk by the worst accumulated
+    rounding, so the returned point lies inside it."""
     space = table.space
-    if high_ms <= 0 or high_ms < low_ms:
-        return None
-    step = high_ms / grid
-    slack = (len(space.layers) + 2) * 0.5
-    hi = int(math.floor(high_ms / step - slack))
-    lo = max(0, int(math.ceil(low_ms / step + slack)))
-    if hi < lo:
+    if high_ms < low_ms:
         return None
     best: tuple[float, dict[str, Any]] | None = None
-    for ri, r in enumerate(space.resolutions):
-        found = _best_at(table, log_probs, ri, step, lo, hi)
+    for ri in range(len(space.resolutions)):
+        found = _best_at(table, log_probs, ri, low_ms, high_ms, grid)
         if found is not None and (best is None or found[0] < best[0]):
             best = found
     return None if best is None else best[1]
 
 
-def _best_at(table: ChannelLatency, lp: dict[str, Any], ri: int, step: float, lo: int,
-             hi: int) -> tuple[float, dict[str, Any]] | None:
+def _best_at(table: ChannelLatency, lp: dict[str, Any], ri: int, low_ms: float, high_ms: float,
+             grid: int) -> tuple[float, dict[str, Any]] | None:
     space = table.space
+    # an entry can be negative (a junction's crossing that saves more than a small block costs): each
+    # part's negative floor is taken out of its entries and out of the window, so every tick is >= 0
+    stem = np.asarray(table.stem[ri], dtype=np.float64)
+    head = np.asarray(table.head[ri], dtype=np.float64)
+    floors = [min(0.0, float(stem.min()))] + [min(0.0, float(lat[ri].min())) for lat in table.layers]
+    floors.append(min(0.0, float(head.min())))
+    offset = sum(floors)
+    span = high_ms - offset
+    if span <= 0:
+        return None
+    step = span / grid
+    slack = (len(space.layers) + 2) * 0.5
+    hi = int(math.floor(span / step - slack))
+    lo = max(0, int(math.ceil((low_ms - offset) / step + slack)))
+    if hi < lo:
+        return None
     n = hi + 1
     cost = np.full((len(space.stem_choices), n), np.inf)
-    for i, ms in enumerate(table.stem[ri]):
+    for i, ms in enumerate(stem - floors[0]):
         t = int(np.rint(ms / step))
         if t < n:
             cost[i, t] = -lp["stem"][i] - lp["resolution"][ri]
     picks = []
     for li, (layer, lat) in enumerate(zip(space.layers, table.layers)):
-        ticks = np.rint(lat[ri] / step).astype(np.int64)  # (B, I, J, K)
+        ticks = np.rint((lat[ri] - floors[li + 1]) / step).astype(np.int64)  # (B, I, J, K)
         new = np.full((len(layer.channels), n), np.inf)
         pick = np.full((len(layer.channels), n), -1, dtype=np.int32)
         for b, i, k in np.ndindex(ticks.shape[0], ticks.shape[1], ticks.shape[3]):
@@ -184,7 +195,7 @@ def _best_at(table: ChannelLatency, lp: dict[str, Any], ri: int, step: float, lo
         cost = new
         picks.append((pick, ticks.shape))
     best_j, best_t, best_cost = None, None, np.inf
-    for j, ms in enumerate(table.head[ri]):
+    for j, ms in enumerate(head - floors[-1]):
         t = int(np.rint(ms / step))
         if t >= n:
             continue
@@ -196,10 +207,11 @@ def _best_at(table: ChannelLatency, lp: dict[str, Any], ri: int, step: float, lo
     if best_j is None:
         return None
     j, t, layers = best_j, best_t, []
-    for (pick, shape), layer, lat in zip(reversed(picks), reversed(space.layers), reversed(table.layers)):
+    for (pick, shape), layer, lat, floor in zip(reversed(picks), reversed(space.layers), reversed(table.layers),
+                                                reversed(floors[1:-1])):
         b, i, k = np.unravel_index(int(pick[j, t]), (shape[0], shape[1], shape[3]))
         layers.append((_TYPES[b], layer.channels[j], layer.expansions[k]))
-        t -= int(np.rint(lat[ri][b, i, j, k] / step))
+        t -= int(np.rint((lat[ri][b, i, j, k] - floor) / step))
         j = int(i)
     point = {"resolution": space.resolutions[ri], "stem": space.stem_choices[j], "layers": layers[::-1]}
     return best_cost, point

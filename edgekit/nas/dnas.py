@@ -419,6 +419,10 @@ def _most_likely_within(table: LatencyTable, log_probs: np.ndarray, low_ms: floa
     """:func:`most_likely_within` over ``table``; ``log_probs`` float64, one row per layer of it (the
     public function checks a caller's; the search passes its theta's log-softmax)."""
     fixed, lat = table.fixed_ms, table.per_layer
+    # a layer's entries can be negative (a junction model's crossing that saves more than a small
+    # block's entry costs): move each layer's negative floor into the fixed part so every tick is >= 0
+    floor = np.minimum(lat.min(axis=1), 0.0)
+    fixed, lat = fixed + float(floor.sum()), lat - floor[:, None]
     n_layers, n_candidates = lat.shape
     budget = high_ms - fixed
     if budget <= 0 or high_ms < low_ms:

@@ -244,7 +244,6 @@ def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -
     bisected (geometrically, in [0.1, 1.5]) on latencies measured on the LUT's device the way the
     LUT measures networks; the measured width closest to the target. Widths round to 8 channels, so
     neighbouring multipliers often build one network: each is measured once."""
-    from edgekit.devices.stats import Protocol
     from edgekit.lut.build import NetworkUnit
     from edgekit.lut.device import DeviceTimer
     from edgekit.lut.space import SPACES
@@ -256,9 +255,7 @@ def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -
         kept = json.loads(record.read_text())
         return path, kept["measured_ms"], kept["width"]
     space = SPACES[lut.space["name"]].from_dict(lut.space)
-    timer = DeviceTimer(space, work_dir=work / "zoo", device=lut.device["device"], format=lut.format,
-                        precision=lut.precision, protocol=Protocol(threads=lut.threads), expect=lut.device, passes=3,
-                        statistic=lut.statistic)
+    timer = DeviceTimer.for_lut(lut, space, work_dir=work / "zoo", passes=3)
     seen: dict[str, tuple[float, float, Any]] = {}
 
     def measure(width: float) -> float:

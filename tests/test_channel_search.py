@@ -18,6 +18,7 @@ from edgekit.models import ArchSpec
 from edgekit.nas.channel_lut import (FEATURES, BlockModel, ChannelLatency, block_features, block_type,
                                      fit_block_model, measurement_plan)
 from edgekit.nas.channel_search import most_likely_point
+from edgekit.nas.commands import next_budget
 from edgekit.nas.dmasking import BLOCK_TYPES, FBNetV2Space
 
 torch.set_num_threads(1)
@@ -168,9 +169,9 @@ def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_an
 
     The LUT's overhead model claims the device runs twice its plain sum, so the first network is
     derived at half the target and measures far below it; then the measured-budget rounds run: each
-    re-derives from the search's probabilities at the target corrected by the previous network's
-    measurement against its plain sum, measures a network not measured before, and the one closest
-    to the target is kept."""
+    re-derives from the search's probabilities at the budget :func:`next_budget` aims from the
+    networks measured before, measures a network not measured before, and the one closest to the
+    target is kept."""
     import onnxruntime as ort
     from edgekit.export import ExportSettings, export
     from edgekit.train import build_model
@@ -192,8 +193,8 @@ def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_an
     assert doc["measured"]["measured_ms"] > 0 and doc["peak_rss_mb"] > 0
     rounds, m = doc["measured"]["rounds"], doc["measured"]
     assert 2 <= len(rounds) <= 3 and rounds[0]["plain_target_ms"] == pytest.approx(target / 2)
-    for before, r in zip(rounds, rounds[1:]):
-        aim = target * before["plain_ms"] / before["measured_ms"] / (1 - 0.05 / 2)
+    for i, r in enumerate(rounds[1:], 1):
+        aim = next_budget([(b["plain_ms"], b["measured_ms"]) for b in rounds[:i]], target, 0.05)
         assert r["plain_target_ms"] == pytest.approx(aim)
     for r in rounds:
         assert r["error_pct"] == pytest.approx(100 * (r["measured_ms"] - target) / target)

@@ -254,3 +254,22 @@ def test_a_target_maps_through_the_overhead_model(tmp_path, tiny_lut, capsys):
                  "--target-ms", "0.6", "--out", str(tmp_path / "t.json"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["target_note"] == note and doc["target_ms"] == pytest.approx(0.4)
+
+
+def test_next_budget_interpolates_between_networks_measured_on_either_side_of_the_target():
+    """The measured rounds' aim: one network, or all on one side, scale the target by the ratio of
+    plain sum to measured of the one closest to it; networks on both sides interpolate the plain
+    sum between the nearest below and above (a pair ordered unlike in plain sum and measured falls
+    back to the ratio); always centred in the ``[B (1 - band), B]`` window."""
+    from edgekit.nas.commands import next_budget
+
+    c = 1 - 0.05 / 2
+    assert next_budget([(0.4, 0.5)], 0.45, 0.05) == pytest.approx(0.45 * 0.4 / 0.5 / c)
+    assert next_budget([(0.2, 0.3), (0.35, 0.40)], 0.45, 0.05) == pytest.approx(0.45 * 0.35 / 0.40 / c)
+    both = [(0.2, 0.3), (0.36, 0.40), (0.44, 0.48), (0.6, 0.7)]
+    assert next_budget(both, 0.45, 0.05) == pytest.approx((0.36 + 0.05 * 0.08 / 0.08) / c)
+    assert next_budget(both, 0.45, 0.05) != pytest.approx(0.45 * 0.44 / 0.48 / c)  # not the last one's ratio
+    unordered = [(0.40, 0.425), (0.38, 0.48)]
+    assert next_budget(unordered, 0.45, 0.05) == pytest.approx(0.45 * 0.40 / 0.425 / c)
+    with pytest.raises(ValueError, match="at least one measured network"):
+        next_budget([], 0.45, 0.05)

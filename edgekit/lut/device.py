@@ -143,6 +143,18 @@ class DeviceTimer:
         self._exported_ahead: dict[str, float] = {}  # unit key -> its share of the wall time of ``prepare``
         self.latest_fingerprint: dict[str, Any] | None = None  # the last measurement's, every field
 
+    @classmethod
+    def for_lut(cls, lut: Any, space: FBNetV1Space, *, work_dir: str | Path, passes: int = 1,
+                device_options: Mapping[str, Any] | None = None) -> "DeviceTimer":
+        """A timer that measures networks as ``lut``'s were: its device (checked against the LUT's
+        fingerprint), format, precision, threads and statistic; an emulated LUT's device is allowed,
+        since the LUT was built on it on purpose."""
+        from ..devices.stats import Protocol
+
+        return cls(space, work_dir=work_dir, device=lut.device["device"], format=lut.format, precision=lut.precision,
+                   protocol=Protocol(threads=lut.threads), expect=lut.device, device_options=device_options,
+                   passes=passes, statistic=lut.statistic, allow_emulated=bool(lut.device.get("emulated")))
+
     @property
     def threads(self) -> int:
         return self.protocol.threads

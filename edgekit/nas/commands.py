@@ -101,9 +101,8 @@ def _measure_rounds(args: argparse.Namespace, lut, space, result, band: float) -
 
     With a target, up to ``--rounds`` networks: while the measured latency is more than
     ``--tolerance`` off the target, the derivation runs again from the same architecture
-    probabilities at a plain-sum budget corrected by what the last network measured against its
-    plain sum (centred in the derivation's window), and that network is measured too. The one
-    measured closest to the target is kept."""
+    probabilities at the plain-sum budget :func:`next_budget` aims from the networks measured so
+    far, and that network is measured too. The one measured closest to the target is kept."""
     from ..lut.build import NetworkUnit
     from ..lut.lut import save_lut
     from ..lut.predict import add_measured_network
@@ -122,7 +121,8 @@ def _measure_rounds(args: argparse.Namespace, lut, space, result, band: float) -
                                "error_pct": error, "fitted_ms": p.fitted_ms}))
         if error is None or abs(error) <= 100 * args.tolerance or len(tried) >= args.rounds or result.rederive is None:
             break
-        following = result.rederive(args.target_ms * p.plain_ms / ms / (1 - band / 2))
+        following = result.rederive(next_budget([(r["plain_ms"], r["measured_ms"]) for _, r in tried],
+                                                args.target_ms, band))
         if any(_jsonable(following.choices) == r["choices"] for _, r in tried):
             break  # the corrected budget derives a network already measured: the space has nothing nearer
         result = following
@@ -137,23 +137,44 @@ def _measure_rounds(args: argparse.Namespace, lut, space, result, band: float) -
                     "overhead_refitted": lut.overhead != start_lut.overhead}
 
 
+def next_budget(measured: list[tuple[float, float]], target_ms: float, band: float) -> float:
+    """The plain-sum budget of the next round from the ``(plain_ms, measured_ms)`` of the networks
+    measured so far: the plain sum at which the device should take ``target_ms``, centred in the
+    derivation's ``[B (1 - band), B]`` window.
+
+    When networks were measured on both sides of the target, the plain sum is interpolated between
+    the nearest one below and the nearest one above (regula falsi: two networks' ratios of measured
+    to plain sum differ by a few percent, so a ratio alone can jump over the target and back); else,
+    or when the pair is not ordered alike in both (plain sum lower but measured higher), the target
+    is scaled by the ratio of the network measured closest to it."""
+    if not measured:
+        raise ValueError("next_budget needs at least one measured network")
+    below = [pm for pm in measured if pm[1] < target_ms]
+    above = [pm for pm in measured if pm[1] > target_ms]
+    plain = None
+    if below and above:
+        (p0, m0), (p1, m1) = max(below, key=lambda pm: pm[1]), min(above, key=lambda pm: pm[1])
+        if p1 > p0:
+            plain = p0 + (target_ms - m0) * (p1 - p0) / (m1 - m0)
+    if plain is None:
+        p, m = min(measured, key=lambda pm: abs(pm[1] - target_ms))
+        plain = target_ms * p / m
+    return plain / (1 - band / 2)
+
+
 def _jsonable(choices: Any) -> Any:
     return json.loads(json.dumps(list(choices)))
 
 
 def _spec_timer(args: argparse.Namespace, lut, space):
     """What measures a searched spec: the LUT's device, format, precision, threads and statistic."""
-    from ..devices.stats import Protocol
     from ..lut.build import TorchTimer
     from ..lut.device import DeviceTimer
 
     if lut.format == "torch":
         return TorchTimer(threads=lut.threads)
-    options = {"profile": args.profile} if args.profile else {}
-    return DeviceTimer(space, work_dir=Path(args.out).with_suffix(".artifacts"), device=lut.device["device"],
-                       format=lut.format, precision=lut.precision, protocol=Protocol(threads=lut.threads),
-                       expect=lut.device, device_options=options, passes=args.passes, statistic=lut.statistic,
-                       allow_emulated=bool(lut.device.get("emulated")))  # the LUT was built so on purpose
+    return DeviceTimer.for_lut(lut, space, work_dir=Path(args.out).with_suffix(".artifacts"), passes=args.passes,
+                               device_options={"profile": args.profile} if args.profile else None)
 
 
 def add_nas_commands(sub: argparse._SubParsersAction) -> None:

@@ -210,8 +210,8 @@ def add_nas_commands(sub: argparse._SubParsersAction) -> None:
                         "the measurement to the LUT (its overhead model then maps the next --target-ms)")
     p.add_argument("--rounds", type=int, default=3,
                    help="--measure with --target-ms: networks measured at most; while one is more than --tolerance "
-                        "off the target, derive again from the same probabilities at a budget corrected by its "
-                        "measurement, and keep the one closest to the target (1: measure the first only)")
+                        "off the target, derive again from the same probabilities at a budget aimed by the networks "
+                        "measured so far, and keep the one closest to the target (1: measure the first only)")
     p.add_argument("--tolerance", type=float, default=0.05, help="--rounds: share off the target that is close enough")
     p.add_argument("--profile", help="device profile (JSON/TOML) for the LUT's ssh:// or adb:// device (--measure)")
     p.add_argument("--passes", type=int, default=3, help="--measure: runs of the spec, its figure the smallest of "

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -81,17 +81,24 @@ def _run(cmd: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(done.stdout), seconds
 
 
-def _kept_run(cmd: list[str], record: Path) -> tuple[dict[str, Any], float]:
-    """:func:`_run`, its output kept in ``record`` beside what it wrote: a step interrupted after hours
-    of searches and training resumes from the commands already done (the same command only)."""
+def _kept(record: Path, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (JSON), kept in ``record`` with ``key``: a step interrupted after hours of
+    searches and training resumes from what is done, for the same key only (written atomically)."""
+    key = json.loads(json.dumps(key))  # compared as read back
     if record.exists():
         kept = json.loads(record.read_text())
-        if kept.get("command") == cmd:
-            return kept["output"], kept["seconds"]
-    out, seconds = _run(cmd)
+        if kept.get("key") == key:
+            return kept["value"]
+    value = compute()
     tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": cmd, "output": out, "seconds": seconds}))
+    tmp.write_text(json.dumps({"key": key, "value": value}))
     tmp.replace(record)
+    return value
+
+
+def _kept_run(cmd: list[str], record: Path) -> tuple[dict[str, Any], float]:
+    """:func:`_run` kept in ``record`` beside what the command wrote (the same command only)."""
+    out, seconds = _kept(record, cmd, lambda: _run(cmd))
     return out, seconds
 
 
@@ -249,34 +256,35 @@ def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -
     from edgekit.lut.space import SPACES
     from edgekit.models.fbnet import fbnet_arch, scale_width
 
-    path = work / f"zoo-{name}-{target_ms:.4f}.json"
-    record = path.with_suffix(".run.json")  # kept, so an interrupted compare step resumes
-    if path.exists() and record.exists():
-        kept = json.loads(record.read_text())
-        return path, kept["measured_ms"], kept["width"]
     space = SPACES[lut.space["name"]].from_dict(lut.space)
-    timer = DeviceTimer.for_lut(lut, space, work_dir=work / "zoo", passes=3)
-    seen: dict[str, tuple[float, float, Any]] = {}
 
-    def measure(width: float) -> float:
-        spec = scale_width(fbnet_arch(name), width).replace(resolution=space.resolution, name=f"{name}_narrowed")
-        text = spec.to_json()
-        if text not in seen:
-            (ms,) = timer([NetworkUnit(spec, space.in_chans, space.num_classes)])
-            seen[text] = (ms, width, spec)
-        return seen[text][0]
+    def bisect() -> dict[str, Any]:
+        timer = DeviceTimer.for_lut(lut, space, work_dir=work / "zoo", passes=3)
+        seen: dict[str, tuple[float, float]] = {}
 
-    lo, hi = 0.1, 1.5
-    for _ in range(steps):
-        mid = (lo * hi) ** 0.5
-        if measure(mid) > target_ms:
-            hi = mid
-        else:
-            lo = mid
-    ms, width, spec = min(seen.values(), key=lambda v: abs(v[0] - target_ms))
-    path.write_text(spec.to_json())
-    record.write_text(json.dumps({"measured_ms": ms, "width": width}))
-    return path, ms, width
+        def measure(width: float) -> float:
+            spec = scale_width(fbnet_arch(name), width).replace(resolution=space.resolution, name=f"{name}_narrowed")
+            text = spec.to_json()
+            if text not in seen:
+                (ms,) = timer([NetworkUnit(spec, space.in_chans, space.num_classes)])
+                seen[text] = (ms, width)
+            return seen[text][0]
+
+        lo, hi = 0.1, 1.5
+        for _ in range(steps):
+            mid = (lo * hi) ** 0.5
+            if measure(mid) > target_ms:
+                hi = mid
+            else:
+                lo = mid
+        text, (ms, width) = min(seen.items(), key=lambda kv: abs(kv[1][0] - target_ms))
+        return {"spec": text, "measured_ms": ms, "width": width}
+
+    path = work / f"zoo-{name}-{target_ms:.4f}.json"
+    key = [name, target_ms, steps, dict(lut.device), lut.format, lut.precision, lut.threads, lut.space]
+    got = _kept(path.with_suffix(".run.json"), key, bisect)  # an interrupted compare step resumes
+    path.write_text(got["spec"])
+    return path, got["measured_ms"], got["width"]
 
 
 _MEMORY_CHILD = r"""

@@ -49,7 +49,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import OUT, RESULTS, fingerprint, write_json  # noqa: E402
+from bench._common import OUT, RESULTS, cpu_model, fingerprint, write_json  # noqa: E402
 
 STEPS = ("size", "lut", "memory", "search", "compare")
 ZOO = ("fbnetv2_f1", "fbnetv2_f4")  # F1-F3 are one network at three resolutions; F4 has its own blocks
@@ -487,7 +487,8 @@ def main() -> None:
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc["machine"] = fingerprint(sys.argv)
     stamp = {"command": "python bench/dmasking.py " + " ".join(sys.argv[1:]),
-             "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
+             "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+             "cpu": cpu_model()}  # each entry's own: results of several machines sit in one file
     if "size" in steps:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:

@@ -233,17 +233,23 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
         cmd = [EDGEKIT, "train", spec["name"], "--arch", row["spec"], "--epochs", str(args.train_epochs),
                "--limit", str(args.train_limit), "--out", str(weights), "--json"]
         got, seconds = _kept_run(cmd, weights.with_suffix(".run.json"))
-        row.update(top1=got["top1"], train_seconds=round(seconds, 1), params=_params(spec),
+        row.update(top1=got["top1"], train_seconds=round(seconds, 1), **_size(spec),
                    error_pct=100 * (row["measured_ms"] - row["target_ms"]) / row["target_ms"])
     return {"rows": rows, "limit": args.limit, "epochs": args.epochs, "train_limit": args.train_limit,
             "train_epochs": args.train_epochs, "v1_lut": str(v1_path.relative_to(ROOT)),
             "v2_lut": str(_lut_path(args).relative_to(ROOT))}
 
 
-def _params(spec: dict[str, Any]) -> int:
+def _size(spec: dict[str, Any]) -> dict[str, int]:
+    """Parameters, MACs at the spec's own input side, that side, and the number of blocks: what the
+    compare table shows of each network beside its latency and accuracy."""
     from edgekit.models import ArchSpec, from_arch
-    net = from_arch(ArchSpec.from_dict(spec), num_classes=10, in_chans=1)
-    return sum(p.numel() for p in net.parameters())
+    from edgekit.models.profile import profile_model
+    arch = ArchSpec.from_dict(spec)
+    net = from_arch(arch, num_classes=10, in_chans=1)
+    prof = profile_model(net, (1, 1, arch.resolution, arch.resolution), device="cpu")
+    return {"params": prof.params, "macs": prof.macs, "resolution": arch.resolution,
+            "blocks": sum(len(stage) for stage in arch.stages)}
 
 
 def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -> tuple[Path, float, float]:
@@ -354,7 +360,8 @@ def step_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(doc: dict[str, Any]) -> str:
     lines = ["# fbnet-v2 (DMaskingNAS) on measured latency", "",
-             f"Machine: {doc.get('machine', {}).get('cpu', '?')}. Reproduce: see each section's command.", ""]
+             f"Last run on: {doc.get('machine', {}).get('cpu', '?')}. Each section names its date and, when it was "
+             f"recorded, its CPU; reproduce it with its command.", ""]
     if "size" in doc:
         lines += ["## Table size", "", "| input | resolutions | layer-wise entries | distinct entries |",
                   "|---:|---|---:|---:|"]
@@ -368,7 +375,7 @@ def table(doc: dict[str, Any]) -> str:
         r = run["result"]
         lines += [f"## LUT {key}", "", f"`edgekit {r['build_command']}` ({r['build_seconds']:.0f} s, "
                   f"{r['entries']} entries), then `edgekit {r['check_command']}` ({r['check_seconds']:.0f} s); "
-                  f"{run['date']}, load average {run.get('loadavg_start', ['?'])[0]} at the start.", ""]
+                  f"{_when(run)}, load average {run.get('loadavg_start', ['?'])[0]} at the start.", ""]
         if r.get("block_model"):
             h = r["block_model"]["held_out"]
             lines += [f"Block model on {h['n']} held-out measured blocks: MAPE {h['mape']:.1f} %, "
@@ -397,7 +404,7 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("")
     if "memory" in doc:
         m = doc["memory"]["result"]
-        lines += ["## Search memory and time", "", f"`{doc['memory']['command']}` ({doc['memory']['date']}, load "
+        lines += ["## Search memory and time", "", f"`{doc['memory']['command']}` ({_when(doc['memory'])}, load "
                   f"average {doc['memory'].get('loadavg_start', ['?'])[0]} at the start): "
                   f"{m['limit']} images, {m['epochs']} epoch(s) at {m['resolution']} px. {m['note']}.", "",
                   "| | peak RSS MB | s per epoch |", "|---|---:|---:|",
@@ -407,21 +414,22 @@ def table(doc: dict[str, Any]) -> str:
     for key, run in sorted(doc.get("compare", {}).items()):
         r = run["result"]
         lines += [f"## Compared at the same targets: {key}", "",
-                  f"`{run['command']}` ({run['date']}). Searches on {r['limit']} images for {r['epochs']} epochs "
+                  f"`{run['command']}` ({_when(run)}). Searches on {r['limit']} images for {r['epochs']} epochs "
                   f"(`{r['v2_lut']}`, `{r['v1_lut']}`); every network then trained with `edgekit train NAME "
                   f"--arch` on {r['train_limit']} images for {r['train_epochs']} epochs; top-1 on the 10,000 test "
                   f"images; latency measured on the LUTs' device.", "",
-                  "| target ms | network | seed | measured ms | off target | params | top-1 % |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
+                  "| target ms | network | seed | measured ms | off target | input px | blocks | params | MACs | "
+                  "top-1 % |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for x in r["rows"]:
             name = x["method"] + (f" (width {x['width']:.3f})" if x.get("width") else "")
             lines.append(f"| {x['target_ms']:.4f} | {name} | {'-' if x['seed'] is None else x['seed']} | "
-                         f"{x['measured_ms']:.4f} | {x['error_pct']:+.1f} % | {x['params']:,} | "
-                         f"{100 * x['top1']:.2f} |")
+                         f"{x['measured_ms']:.4f} | {x['error_pct']:+.1f} % | {x.get('resolution', '-')} | "
+                         f"{x.get('blocks', '-')} | {x['params']:,} | "
+                         + (f"{x['macs'] / 1e6:.1f} M" if "macs" in x else "-") + f" | {100 * x['top1']:.2f} |")
         lines.append("")
     for key, run in sorted(doc.get("search", {}).items()):
         r = run["result"]
-        lines += [f"## Searches on the LUT {key}", "", f"`{run['command']}` ({run['date']}): {r['limit']} images, "
+        lines += [f"## Searches on the LUT {key}", "", f"`{run['command']}` ({_when(run)}): {r['limit']} images, "
                   f"{r['epochs']} epoch(s), up to {r.get('rounds', 1)} network(s) measured per search; "
                   f"{r['within_5pct']} of {r['n']} measured within +-5 % of the target.", "",
                   "| target share | seed | target ms | first network ms (error) | kept ms | error | networks measured | "
@@ -436,21 +444,25 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _when(entry: dict[str, Any]) -> str:
+    return entry["date"] + (f", {entry['cpu']}" if entry.get("cpu") else "")
+
+
 def _summary(luts: dict[str, Any]) -> list[str]:
     """One line per LUT with junctions: the plain sum without and with them, and after the fit."""
-    rows = [(k, r["result"]) for k, r in sorted(luts.items()) if r["result"]["check"].get("entries")]
+    rows = [(k, r) for k, r in sorted(luts.items()) if r["result"]["check"].get("entries")]
     if not rows:
         return []
     lines = ["## Plain sum against networks measured whole", "",
              "Within +-10 % of the measured latency: the entries alone (FBNet's sum), the plain sum with the "
              "junctions measured on chains (no whole network fitted), and the overhead model fitted on part of the "
              "checked networks, on the rest.", "",
-             "| LUT | networks | entries alone | plain sum | MAPE plain % | fitted, held-out |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for key, r in rows:
-        c = r["check"]
+             "| LUT | built | networks | entries alone | plain sum | MAPE plain % | fitted, held-out |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, run in rows:
+        c = run["result"]["check"]
         held = c.get("held_out", {}).get("fitted")
-        lines.append(f"| {key} | {c['plain']['n']} | {100 * c['entries']['within_10pct']:.0f} % | "
+        lines.append(f"| {key} | {_when(run)} | {c['plain']['n']} | {100 * c['entries']['within_10pct']:.0f} % | "
                      f"{100 * c['plain']['within_10pct']:.0f} % | {c['plain']['mape']:.1f} | "
                      + ("-" if held is None else f"{100 * held['within_10pct']:.0f} % of {held['n']}") + " |")
     return lines + [""]
@@ -498,7 +510,8 @@ def main() -> None:
     if "search" in steps:
         doc.setdefault("search", {})[_search_key(args)] = {**stamp, "result": step_search(args)}
     if "compare" in steps:
-        doc.setdefault("compare", {})[_search_key(args)] = {**stamp, "result": step_compare(args, doc)}
+        key = f"{_search_key(args)}, trained on {args.train_limit} x {args.train_epochs}"
+        doc.setdefault("compare", {})[key] = {**stamp, "result": step_compare(args, doc)}
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

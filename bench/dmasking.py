@@ -232,7 +232,8 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
         weights = work / (Path(row["spec"]).stem + ".pt")
         cmd = [EDGEKIT, "train", spec["name"], "--arch", row["spec"], "--epochs", str(args.train_epochs),
                "--limit", str(args.train_limit), "--out", str(weights), "--json"]
-        got, seconds = _kept_run(cmd, weights.with_suffix(".run.json"))
+        # not .run.json: the v1 searches' and the zoo narrowings' records sit there, under the spec's stem
+        got, seconds = _kept_run(cmd, weights.with_suffix(".train.json"))
         row.update(top1=got["top1"], train_seconds=round(seconds, 1), **_size(spec),
                    error_pct=100 * (row["measured_ms"] - row["target_ms"]) / row["target_ms"])
     return {"rows": rows, "limit": args.limit, "epochs": args.epochs, "train_limit": args.train_limit,
@@ -241,15 +242,15 @@ def step_compare(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any
 
 
 def _size(spec: dict[str, Any]) -> dict[str, int]:
-    """Parameters, MACs at the spec's own input side, that side, and the number of blocks: what the
-    compare table shows of each network beside its latency and accuracy."""
+    """Parameters, MACs at the spec's own input side, that side, and the number of blocks that are
+    not skips: what the compare table shows of each network beside its latency and accuracy."""
     from edgekit.models import ArchSpec, from_arch
     from edgekit.models.profile import profile_model
     arch = ArchSpec.from_dict(spec)
     net = from_arch(arch, num_classes=10, in_chans=1)
     prof = profile_model(net, (1, 1, arch.resolution, arch.resolution), device="cpu")
     return {"params": prof.params, "macs": prof.macs, "resolution": arch.resolution,
-            "blocks": sum(len(stage) for stage in arch.stages)}
+            "blocks": sum(b.type != "skip" for stage in arch.stages for b in stage)}
 
 
 def _narrowed(name: str, target_ms: float, lut, work: Path, *, steps: int = 7) -> tuple[Path, float, float]:
@@ -418,7 +419,7 @@ def table(doc: dict[str, Any]) -> str:
                   f"(`{r['v2_lut']}`, `{r['v1_lut']}`); every network then trained with `edgekit train NAME "
                   f"--arch` on {r['train_limit']} images for {r['train_epochs']} epochs; top-1 on the 10,000 test "
                   f"images; latency measured on the LUTs' device.", "",
-                  "| target ms | network | seed | measured ms | off target | input px | blocks | params | MACs | "
+                  "| target ms | network | seed | measured ms | off target | input px | blocks (not skips) | params | MACs | "
                   "top-1 % |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for x in r["rows"]:
             name = x["method"] + (f" (width {x['width']:.3f})" if x.get("width") else "")
@@ -501,17 +502,26 @@ def main() -> None:
     stamp = {"command": "python bench/dmasking.py " + " ".join(sys.argv[1:]),
              "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
              "cpu": cpu_model()}  # each entry's own: results of several machines sit in one file
+
+    def put(section: str, key: str, result: Any) -> None:
+        """An entry of another CPU is kept beside the new one, under its CPU's name, not overwritten."""
+        entries = doc.setdefault(section, {})
+        old = entries.get(key)
+        if old is not None and old.get("cpu") not in (None, stamp["cpu"]):
+            entries[f"{key} ({old['cpu']})"] = entries.pop(key)
+        entries[key] = {**stamp, "result": result}
+
     if "size" in steps:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:
-        doc.setdefault("lut", {})[_lut_key(args)] = {**stamp, "result": step_lut(args)}
+        put("lut", _lut_key(args), step_lut(args))
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:
-        doc.setdefault("search", {})[_search_key(args)] = {**stamp, "result": step_search(args)}
+        put("search", _search_key(args), step_search(args))
     if "compare" in steps:
         key = f"{_search_key(args)}, trained on {args.train_limit} x {args.train_epochs}"
-        doc.setdefault("compare", {})[key] = {**stamp, "result": step_compare(args, doc)}
+        put("compare", key, step_compare(args, doc))
     write_json(path, doc)
     (RESULTS / "dmasking.md").write_text(table(doc))
     print(table(doc))

@@ -167,8 +167,10 @@ def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_an
     point of the space within the target, measured on the LUT's device (a torch LUT: eager PyTorch
     on this host) and added to the LUT's networks; it exports to ONNX and runs in onnxruntime.
 
-    The LUT's overhead model claims the device runs twice its plain sum, so the first network is
-    derived at half the target and measures far below it; then the measured-budget rounds run: each
+    The LUT's overhead model claims the device runs four times its plain sum, so the first network
+    is derived at a quarter of the target and measures far below it, even when the other test worker
+    slows this one's timing two- or threefold (with a claimed factor of two, such a slowdown once put
+    the first network within 5 % of the target, and no round followed); then the measured-budget rounds run: each
     re-derives from the search's probabilities at the budget :func:`next_budget` aims from the
     networks measured before, measures a network not measured before, and the one closest to the
     target is kept."""
@@ -176,10 +178,11 @@ def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_an
     from edgekit.export import ExportSettings, export
     from edgekit.train import build_model
 
-    doubled = {"model": "linear", "a_ms": 0.0, "b": 2.0, "n": 2, "mape_plain": 50.0, "mape_fitted": 0.0}
-    lut_path = save_lut(tiny_lut.replace(networks=(), overhead=doubled), tmp_path / "lut.json")
+    claimed = 4.0
+    overhead = {"model": "linear", "a_ms": 0.0, "b": claimed, "n": 2, "mape_plain": 75.0, "mape_fitted": 0.0}
+    lut_path = save_lut(tiny_lut.replace(networks=(), overhead=overhead), tmp_path / "lut.json")
     table = ChannelLatency(TINY, tiny_lut)
-    target = float(f"{2 * (table.fastest()[1] + 0.3 * (table.slowest()[1] - table.fastest()[1])):.6f}")
+    target = float(f"{claimed * (table.fastest()[1] + 0.3 * (table.slowest()[1] - table.fastest()[1])):.6f}")
     out = tmp_path / "spec.json"
     rc = main(["nas", "search", "--space", "fbnet-v2", "--lut", str(lut_path), "--target-ms", f"{target:.6f}",
                "--epochs", "2", "--limit", "320", "--batch-size", "32", "--measure", "--rounds", "3",
@@ -192,7 +195,7 @@ def test_a_search_on_a_tiny_budget_yields_a_network_of_the_space_that_exports_an
     assert doc["predicted"]["plain_ms"] == pytest.approx(table.point_ms(point))
     assert doc["measured"]["measured_ms"] > 0 and doc["peak_rss_mb"] > 0
     rounds, m = doc["measured"]["rounds"], doc["measured"]
-    assert 2 <= len(rounds) <= 3 and rounds[0]["plain_target_ms"] == pytest.approx(target / 2)
+    assert 2 <= len(rounds) <= 3 and rounds[0]["plain_target_ms"] == pytest.approx(target / claimed)
     for i, r in enumerate(rounds[1:], 1):
         aim = next_budget([(b["plain_ms"], b["measured_ms"]) for b in rounds[:i]], target, 0.05)
         assert r["plain_target_ms"] == pytest.approx(aim)

@@ -419,8 +419,8 @@ def table(doc: dict[str, Any]) -> str:
                   f"(`{r['v2_lut']}`, `{r['v1_lut']}`); every network then trained with `edgekit train NAME "
                   f"--arch` on {r['train_limit']} images for {r['train_epochs']} epochs; top-1 on the 10,000 test "
                   f"images; latency measured on the LUTs' device.", "",
-                  "| target ms | network | seed | measured ms | off target | input px | blocks (not skips) | params | MACs | "
-                  "top-1 % |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| target ms | network | seed | measured ms | off target | input px | blocks (not skips) | params "
+                  "| MACs | top-1 % |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for x in r["rows"]:
             name = x["method"] + (f" (width {x['width']:.3f})" if x.get("width") else "")
             lines.append(f"| {x['target_ms']:.4f} | {name} | {'-' if x['seed'] is None else x['seed']} | "

@@ -29,9 +29,10 @@ def _crossing(sig) -> float:
     return float(np.dot(LAW, crossing_features(sig, "fp32")))
 
 
-def _law(unit, cache=None) -> float:
+def _law(unit, cache=None, capacity=None) -> float:
     """A device whose units cost their entry each, every crossing inside them ``LAW``, and, once
-    their weights together outgrow ``cache``, ``COLD`` per KiB of those that fit in it alone."""
+    their weights together outgrow ``capacity`` (default ``cache``), ``COLD`` per KiB of those that
+    fit in ``cache`` alone."""
     if isinstance(unit, NetworkUnit):
         parts = [s for s in network_signatures(unit.spec, in_chans=1, num_classes=10) if not s.is_identity]
     else:
@@ -39,20 +40,20 @@ def _law(unit, cache=None) -> float:
     cold = 0.0
     if cache and len(parts) > 1:
         w = [weight_kib(s, "fp32") for s in parts]
-        cold = COLD * sum(v for v in w if v <= cache) if sum(w) > cache else 0.0
+        cold = COLD * sum(v for v in w if v <= cache) if sum(w) > (capacity or cache) else 0.0
     return sum(_entry(s) for s in parts) + sum(_crossing(s) for s in parts[1:]) + cold
 
 
 class LawTimer:
-    def __init__(self, fail_after: int | None = None, cache=None):
-        self.calls, self.units, self.fail_after, self.cache = 0, [], fail_after, cache
+    def __init__(self, fail_after: int | None = None, cache=None, capacity=None):
+        self.calls, self.units, self.fail_after, self.cache, self.capacity = 0, [], fail_after, cache, capacity
 
     def __call__(self, units):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise ConnectionError("the device went away")
         self.calls += 1
         self.units += [u.key for u in units]
-        return [_law(u, self.cache) for u in units]
+        return [_law(u, self.cache, self.capacity) for u in units]
 
 
 def _lut(timer, cache=None) -> Lut:
@@ -88,6 +89,28 @@ def test_chains_recover_the_junction_law_and_the_plain_sum_becomes_the_network(t
         assert p.plain_ms - p.entries_ms == pytest.approx(crossings + (measured - _law(NetworkUnit(spec, 1, 10))))
     without = lut.replace(junctions=None)
     assert predict(spec, without).plain_ms == predict(spec, without).entries_ms == p.entries_ms
+
+
+def test_the_capacity_a_chain_keeps_warm_is_fitted_below_the_cache_size(tmp_path):
+    """A device whose L2 keeps three quarters of its size of weights warm across units (int8 chains
+    ending in a large head show less than half): the fit finds that capacity among the eighths of
+    the L2 (a chain of 121 KiB of weights tells it from the L2's 150 KiB), and the plain sum of every
+    network, all of which outgrow it, is the device's time."""
+    capacity = CACHE * 3 / 4
+    timer = LawTimer(cache=CACHE, capacity=capacity)
+    lut = measure_junctions(_lut(timer, CACHE), SPACE, timer, count=12, out=tmp_path / "lut.json")
+    model = junction_model(lut)
+    assert model.capacity_kib == capacity and model.cache_kib == CACHE and model.cold_on
+    assert np.allclose(model.coef, LAW, atol=1e-9) and model.cold_ms_per_kib == pytest.approx(COLD, abs=1e-12)
+    assert model.errors["held_out_mae_ms"] < 1e-9
+    for seed in range(5):
+        spec = SPACE.spec(SPACE.sample(seed))
+        assert predict(spec, lut).plain_ms == pytest.approx(_law(NetworkUnit(spec, 1, 10), CACHE, capacity), abs=1e-12)
+    at_size = fit_junctions([(u, 0.0) for u in junction_plan(SPACE, 12)], "fp32", cache_kib=CACHE)
+    assert at_size.capacity_kib == CACHE and at_size.cold_ms_per_kib == 0  # nothing to fit: the L2's size
+    assert JunctionModel.from_dict(model.to_dict()) == model
+    old = {k: v for k, v in model.to_dict().items() if k != "capacity_kib"}  # a LUT written before the fit
+    assert JunctionModel.from_dict(old).capacity_kib is None
 
 
 def test_a_killed_chain_measurement_resumes_without_measuring_a_chain_twice(tmp_path):

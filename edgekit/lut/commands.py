@@ -260,7 +260,7 @@ def cmd_lut_build(args: argparse.Namespace, out: Console) -> int:
     if lut.junctions and lut.junctions.get("model"):
         j = lut.junctions["model"]
         e = j.get("errors") or {}
-        cold = (f"; cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond the {j['cache_kib']:.0f} KiB L2 "
+        cold = (f"; cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond {_capacity(j)} "
                 f"({'applied: ' if j['cold_on'] else 'not applied: '}{100 * (j.get('cold_share') or 0):.0f} % of "
                 f"networks outgrow it)" if j.get("cache_kib") else "; no cache size from the device: no cold term")
         out.print(f"junctions: {j['n']} chains measured whole; per crossing {1000 * j['a_ms']:+.2f} us "
@@ -420,3 +420,11 @@ def add_lut_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the JSON report here too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lut_check)
+
+
+def _capacity(j: dict) -> str:
+    """The weights a chain keeps warm, as the junction model records it."""
+    cap = j.get("capacity_kib")
+    if cap is None or cap == j["cache_kib"]:
+        return f"the {j['cache_kib']:.0f} KiB L2"
+    return f"{cap:.0f} KiB (fitted) of the {j['cache_kib']:.0f} KiB L2"

@@ -12,13 +12,17 @@ All three are measured on the device. A *chain* is a few consecutive units of th
 first blocks, blocks, last blocks and head) exported and run as one file; its time less its units'
 entries is the sum of its junctions. Per crossing into a unit the junction is ``a + b * KiB of the
 tensor crossing`` (``a`` is mostly the call saved, negative), and a chain whose weights outgrow the
-cache (the device's L2, from its fingerprint) pays ``d`` per KiB of the weights of its units that
-fit in it alone. Short chains (4 units) give ``a`` and ``b``; a few chains of every unit of a
-sampled network outgrow the cache where the short ones do not, and give ``d``. The coefficients are
-fitted by least squares on all the chains and checked on held-out chains; the LUT's plain sum
-becomes the entries plus the junctions between consecutive non-identity units, plus the cold
-weights of every unit when most networks of the space outgrow the cache (the share is recorded; a
-space whose networks all fit pays none, and ``d`` is only fitted when some chains outgrow it).
+cache pays ``d`` per KiB of the weights of its units that fit in the device's L2 (from its
+fingerprint) alone: those a unit measured alone found warm. The working set a core's L2 keeps warm
+is less than its size (activations, code, the runtime's own buffers and an imperfect replacement
+share it), so where a chain starts to outgrow it, its *capacity*, is fitted: the eighth of the L2
+(1/8 ... 8/8) whose fits predict held-out chains best. Short chains (4 units) give ``a``
+and ``b``; chains ending in a head with large weights and a few chains of every unit of a sampled
+network outgrow the capacity where the others do not, and give ``d``. The coefficients are fitted by
+least squares on all the chains and checked on held-out chains; the LUT's plain sum becomes the
+entries plus the junctions between consecutive non-identity units, plus the cold weights of every
+unit when most networks of the space outgrow the capacity (the share is recorded; a space whose
+networks all fit pays none, and ``d`` is only fitted when some chains outgrow it).
 
 >>> from edgekit.lut.space import get_space
 >>> space = get_space("fbnet-v1", resolution=32, width=0.25, in_chans=1, num_classes=10)
@@ -40,7 +44,7 @@ from torch import nn
 from .lut import Lut, LutError, save_lut
 from .space import BlockSig
 
-__all__ = ["ChainUnit", "JunctionModel", "chain_features", "cold_kib", "crossing_features",
+__all__ = ["CAPACITY_EIGHTHS", "ChainUnit", "JunctionModel", "chain_features", "cold_kib", "crossing_features",
            "fit_junctions", "junction_model", "junction_plan", "junction_signatures", "measure_junctions", "weight_kib"]
 
 DTYPE_BYTES = {"fp32": 4, "int8": 1}
@@ -106,19 +110,22 @@ def weight_kib(sig: BlockSig, precision: str) -> float:
     return _WEIGHTS[sig.key] * DTYPE_BYTES.get(precision, 4) / 1024
 
 
-def cold_kib(units: Sequence[BlockSig], precision: str, cache_kib: float | None) -> float:
+def cold_kib(units: Sequence[BlockSig], precision: str, cache_kib: float | None,
+             capacity_kib: float | None = None) -> float:
     """KiB of weights read from below the cache when ``units`` run over and over: those of every
-    unit that fits in the cache alone, once all of them together do not (nothing without a cache size)."""
+    unit that fits in the cache alone, once all of them together outgrow its ``capacity_kib`` (the
+    cache's size by default; nothing without a cache size)."""
     if not cache_kib:
         return 0.0
     w = [weight_kib(s, precision) for s in units if not s.is_identity]
-    return float(sum(v for v in w if v <= cache_kib)) if sum(w) > cache_kib else 0.0
+    return float(sum(v for v in w if v <= cache_kib)) if sum(w) > (capacity_kib or cache_kib) else 0.0
 
 
-def chain_features(unit: ChainUnit, precision: str, cache_kib: float | None = None) -> np.ndarray:
+def chain_features(unit: ChainUnit, precision: str, cache_kib: float | None = None,
+                   capacity_kib: float | None = None) -> np.ndarray:
     """The junction features summed over a chain's crossings, and the chain's cold KiB."""
     crossings = np.sum([crossing_features(s, precision) for s in unit.parts[1:]], axis=0)
-    return np.append(crossings, cold_kib(unit.parts, precision, cache_kib))
+    return np.append(crossings, cold_kib(unit.parts, precision, cache_kib, capacity_kib))
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ class JunctionModel:
     errors: Mapping[str, Any] | None = None
     cold_ms_per_kib: float = 0.0
     cache_kib: float | None = None
-    cold_share: float | None = None  # share of sampled networks whose weights outgrow the cache
+    cold_share: float | None = None  # share of sampled networks whose weights outgrow the capacity
+    capacity_kib: float | None = None  # the weights a chain holds warm (fitted; None: the cache's size)
 
     @property
     def cold_on(self) -> bool:
@@ -159,7 +167,8 @@ class JunctionModel:
         d: dict[str, Any] = {"form": "per crossing a + b * KiB crossing; d * KiB of cold weights",
                              "a_ms": self.coef[0], "b_ms_per_kib": self.coef[1],
                              "d_cold_ms_per_kib": self.cold_ms_per_kib, "cache_kib": self.cache_kib,
-                             "cold_share": self.cold_share, "cold_on": self.cold_on, "n": self.n,
+                             "capacity_kib": self.capacity_kib, "cold_share": self.cold_share,
+                             "cold_on": self.cold_on, "n": self.n,
                              "precision": self.precision}
         if self.errors is not None:
             d["errors"] = dict(self.errors)
@@ -169,11 +178,10 @@ class JunctionModel:
     def from_dict(cls, d: Mapping[str, Any]) -> "JunctionModel":
         try:
             coef = (float(d["a_ms"]), float(d["b_ms_per_kib"]))
-            cache = d.get("cache_kib")
-            share = d.get("cold_share")
+            cache, share, capacity = d.get("cache_kib"), d.get("cold_share"), d.get("capacity_kib")
             return cls(coef, int(d["n"]), str(d.get("precision", "fp32")), d.get("errors"),
                        float(d.get("d_cold_ms_per_kib", 0.0)), None if cache is None else float(cache),
-                       None if share is None else float(share))
+                       None if share is None else float(share), None if capacity is None else float(capacity))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"a LUT junction model needs a_ms, b_ms_per_kib and n ({e})") from None
 
@@ -208,20 +216,26 @@ def junction_plan(space: Any, count: int, *, length: int = 4, seed: int = 0, who
     return list(seen.values())
 
 
+CAPACITY_EIGHTHS = range(8, 0, -1)  # the capacities tried: 8/8 of the L2 down to 1/8
+
+
 def fit_junctions(rows: Sequence[tuple[ChainUnit, float]], precision: str, *, held_out: float = 0.2,
-                  seed: int = 0, cache_kib: float | None = None, cold_share: float | None = None) -> JunctionModel:
+                  seed: int = 0, cache_kib: float | None = None,
+                  network_kib: Sequence[float] | None = None) -> JunctionModel:
     """Least squares over measured chains ``(chain, chain_ms - sum of its units' entries)``, each
-    row the sum of its junctions and its cold weights; scored on a held-out share of the chains,
-    then refitted on all. The cold term is left at 0 when no chain outgrows the cache."""
+    row the sum of its junctions and its cold weights, at each capacity of :data:`CAPACITY_EIGHTHS`
+    (eighths of ``cache_kib``); the capacity whose fits predict held-out chains best (five folds,
+    each chain held out once) is kept, the larger one on a tie. Scored on a held-out share of the
+    chains, then refitted on all. ``network_kib``: the weights of sampled
+    networks of the space, which give the share of networks outgrowing the kept capacity."""
     if len(rows) < 4:
         raise ValueError(f"the junction fit needs at least 4 measured chains, got {len(rows)}")
-    x = np.array([chain_features(c, precision, cache_kib) for c, _ in rows], np.float64)
     y = np.array([j for _, j in rows], np.float64)
     order = np.random.default_rng(seed).permutation(len(rows))
     n_test = max(1, int(round(held_out * len(rows))))
     test, train = order[:n_test], order[n_test:]
 
-    def solve(idx: np.ndarray) -> np.ndarray:
+    def solve(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         cols = x[idx]
         used = [0, 1] + ([2] if cols[:, 2].any() else [])
         coef, *_ = np.linalg.lstsq(cols[:, used], y[idx], rcond=None)
@@ -229,15 +243,28 @@ def fit_junctions(rows: Sequence[tuple[ChainUnit, float]], precision: str, *, he
         full[used] = coef
         return full
 
-    part = solve(train)
+    capacities = [cache_kib * k / 8 for k in CAPACITY_EIGHTHS] if cache_kib else [None]
+    folds = np.arange(len(rows))[order] % min(5, len(rows))  # every chain held out once
+    best = None
+    for capacity in capacities:
+        x = np.array([chain_features(c, precision, cache_kib, capacity) for c, _ in rows], np.float64)
+        cv = float(np.mean(np.concatenate([np.abs(x[folds == f] @ solve(x, np.flatnonzero(folds != f)) - y[folds == f])
+                                           for f in np.unique(folds)])))
+        if best is None or cv < best[0] - 1e-12:
+            best = (cv, capacity, x)
+    cv, capacity, x = best
+    coef = solve(x, np.arange(len(rows)))
+    part = solve(x, train)
     resid = x[test] @ part - y[test]
-    coef = solve(np.arange(len(rows)))
     per = y / x[:, 0]
+    share = None
+    if cache_kib and network_kib is not None and len(network_kib):
+        share = float(np.mean(np.asarray(network_kib, np.float64) > capacity))
     errors = {"held_out": int(n_test), "held_out_mae_ms": float(np.mean(np.abs(resid))),
               "junction_mean_ms": float(per.mean()), "fit_mae_ms": float(np.mean(np.abs(x @ coef - y))),
-              "cold_chains": int((x[:, 2] > 0).sum())}
+              "cold_chains": int((x[:, 2] > 0).sum()), "capacity_cv_mae_ms": cv}
     return JunctionModel(tuple(float(v) for v in coef[:2]), len(rows), precision, errors, float(coef[2]),
-                         cache_kib, cold_share)
+                         cache_kib, share, capacity)
 
 
 def junction_signatures(space: Any, count: int, *, length: int = 4, seed: int = 0) -> list[BlockSig]:
@@ -278,13 +305,12 @@ def measure_junctions(lut: Lut, space: Any, measure: Any, *, count: int, length:
     lut = lut.adopting(getattr(measure, "latest_fingerprint", None))  # the cache sizes of a LUT an older agent began
     rows = [(u, stored[u.unit_keys] - sum(float(lut.entries[k]) for k in u.unit_keys)) for u in units]
     cache = (lut.device.get("caches") or {}).get("L2")
-    share = None
+    totals = None
     if cache:
         rng = random.Random(f"edgekit-lut-cold:{seed}")
         nets = [space.signatures(space.sample(rng)) for _ in range(32)]
-        share = float(np.mean([sum(weight_kib(s, lut.precision) for s in n if not s.is_identity) > cache
-                               for n in nets]))
-    model = fit_junctions(rows, lut.precision, seed=seed, cache_kib=cache, cold_share=share)
+        totals = [sum(weight_kib(s, lut.precision) for s in n if not s.is_identity) for n in nets]
+    model = fit_junctions(rows, lut.precision, seed=seed, cache_kib=cache, network_kib=totals)
     lut = lut.replace(junctions={"chains": _chain_records(stored), "model": model.to_dict(), "length": length})
     if len(lut.networks) >= 2:  # the overhead model was fitted on the sums without junctions: refit it
         from .predict import with_overhead

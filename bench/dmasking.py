@@ -110,7 +110,8 @@ def step_lut(args: argparse.Namespace) -> dict[str, Any]:
              "--format", args.format, "--precision", args.precision, *sample, "--chains", str(args.chains),
              "--networks", str(args.networks), "--out", str(lut), "--json"]
     built, build_s = _run(build)
-    check = [EDGEKIT, "lut", "check", "--lut", str(lut), "--samples", str(args.check), "--json"]
+    check = [EDGEKIT, "lut", "check", "--lut", str(lut), "--samples", str(args.check), "--passes",
+             str(args.check_passes), "--json"]
     checked, check_s = _run(check)
     model = built.get("block_model")
     return {"build_command": " ".join(build[1:]), "check_command": " ".join(check[1:]),
@@ -385,8 +386,10 @@ def table(doc: dict[str, Any]) -> str:
         if j:
             cold = ""
             if j.get("cache_kib"):
-                cold = (f", cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond the {j['cache_kib']:.0f} KiB "
-                        f"L2 ({j['errors']['cold_chains']} chains outgrow it; {100 * (j['cold_share'] or 0):.0f} % of "
+                cap = j.get("capacity_kib") or j["cache_kib"]
+                cold = (f", cold weights {1000 * j['d_cold_ms_per_kib']:.4f} us/KiB beyond {cap:.0f} KiB of the "
+                        f"{j['cache_kib']:.0f} KiB L2 ({j['errors']['cold_chains']} chains outgrow it; "
+                        f"{100 * (j['cold_share'] or 0):.0f} % of "
                         f"networks, {'applied' if j['cold_on'] else 'not applied'})")
             lines += [f"Junction model on {j['n']} chains measured whole: per crossing {1000 * j['a_ms']:+.2f} us "
                       f"{1000 * j['b_ms_per_kib']:+.3f} us/KiB{cold}; held-out chains off by "
@@ -483,6 +486,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=400)
     ap.add_argument("--networks", type=int, default=10)
     ap.add_argument("--check", type=int, default=20)
+    ap.add_argument("--check-passes", type=int, default=3, help="lut step: lut check --passes (sweeps over the "
+                    "networks measured whole; the build's entries keep lut build's 3)")
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seeds", default="0,1")
@@ -514,7 +519,8 @@ def main() -> None:
     if "size" in steps:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:
-        put("lut", _lut_key(args), step_lut(args))
+        passes = f", networks checked over {args.check_passes} passes" if args.check_passes != 3 else ""
+        put("lut", _lut_key(args) + passes, step_lut(args))
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:

@@ -27,6 +27,7 @@ classes, width 0.5), on the local device. Steps:
     .venv/bin/python bench/dmasking.py --steps size
     .venv/bin/python bench/dmasking.py --steps lut --resolution 32 --sample 400 --networks 10 --check 20
     .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --format tflite --precision int8 --check 20
+    .venv/bin/python bench/dmasking.py --steps lut --format tflite --precision int8 --sample 300 --networks 8 --check 20 --check-passes 6
     .venv/bin/python bench/dmasking.py --steps memory --limit 2000
     .venv/bin/python bench/dmasking.py --steps search --resolution 32 --sample 400 --seeds 0,1 --limit 12000 --epochs 8
     .venv/bin/python bench/dmasking.py --steps lut --space fbnet-v1 --v1-width 1.0 --format onnx --precision fp32 --check 20

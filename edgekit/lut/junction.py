@@ -16,8 +16,8 @@ cache pays ``d`` per KiB of the weights of its units that fit in the device's L2
 fingerprint) alone: those a unit measured alone found warm. The working set a core's L2 keeps warm
 is less than its size (activations, code, the runtime's own buffers and an imperfect replacement
 share it), so where a chain starts to outgrow it, its *capacity*, is fitted: the eighth of the L2
-(1/8 ... 8/8) whose fits predict held-out chains best. Short chains (4 units) give ``a``
-and ``b``; chains ending in a head with large weights and a few chains of every unit of a sampled
+(1/8 ... 8/8) whose fits predict held-out chains best. Short chains (4 units) give ``a`` and
+``b``; chains ending in a head with large weights and a few chains of every unit of a sampled
 network outgrow the capacity where the others do not, and give ``d``. The coefficients are fitted by
 least squares on all the chains and checked on held-out chains; the LUT's plain sum becomes the
 entries plus the junctions between consecutive non-identity units, plus the cold weights of every
@@ -226,8 +226,8 @@ def fit_junctions(rows: Sequence[tuple[ChainUnit, float]], precision: str, *, he
     row the sum of its junctions and its cold weights, at each capacity of :data:`CAPACITY_EIGHTHS`
     (eighths of ``cache_kib``); the capacity whose fits predict held-out chains best (five folds,
     each chain held out once) is kept, the larger one on a tie. Scored on a held-out share of the
-    chains, then refitted on all. ``network_kib``: the weights of sampled
-    networks of the space, which give the share of networks outgrowing the kept capacity."""
+    chains, then refitted on all. ``network_kib``: the weights of sampled networks of the space,
+    which give the share of networks outgrowing the kept capacity."""
     if len(rows) < 4:
         raise ValueError(f"the junction fit needs at least 4 measured chains, got {len(rows)}")
     y = np.array([j for _, j in rows], np.float64)
@@ -244,7 +244,7 @@ def fit_junctions(rows: Sequence[tuple[ChainUnit, float]], precision: str, *, he
         return full
 
     capacities = [cache_kib * k / 8 for k in CAPACITY_EIGHTHS] if cache_kib else [None]
-    folds = np.arange(len(rows))[order] % min(5, len(rows))  # every chain held out once
+    folds = order % min(5, len(rows))  # five folds of random chains: each chain held out once
     best = None
     for capacity in capacities:
         x = np.array([chain_features(c, precision, cache_kib, capacity) for c, _ in rows], np.float64)

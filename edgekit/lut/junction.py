@@ -245,9 +245,10 @@ def fit_junctions(rows: Sequence[tuple[ChainUnit, float]], precision: str, *, he
 
     capacities = [cache_kib * k / 8 for k in CAPACITY_EIGHTHS] if cache_kib else [None]
     folds = order % min(5, len(rows))  # five folds of random chains: each chain held out once
+    crossings = np.array([chain_features(c, precision)[:2] for c, _ in rows], np.float64)  # the same at every capacity
     best = None
     for capacity in capacities:
-        x = np.array([chain_features(c, precision, cache_kib, capacity) for c, _ in rows], np.float64)
+        x = np.column_stack([crossings, [cold_kib(c.parts, precision, cache_kib, capacity) for c, _ in rows]])
         cv = float(np.mean(np.concatenate([np.abs(x[folds == f] @ solve(x, np.flatnonzero(folds != f)) - y[folds == f])
                                            for f in np.unique(folds)])))
         if best is None or cv < best[0] - 1e-12:

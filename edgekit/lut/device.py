@@ -26,10 +26,12 @@ int8 calibration. A whole network is calibrated on ``calib_samples`` Fashion-MNI
 preprocessed as ``edgekit export --arch`` does for an ArchSpec (``edgekit.train.build_model``'s
 ``default_cfg``). A block cannot take images: its calibration inputs are the activations those same
 images produce at its input in a *reference network* of the space (by default every layer the
-``k3_e3`` candidate; random PyTorch init, BN in eval mode), i.e. the images go through the reference
+``k3_e3`` candidate; random PyTorch weights, BN in eval mode), i.e. the images go through the reference
 network's stem and preceding layers, and the activation tensor recorded at the first layer whose input
 shape is the signature's input shape is the block's calibration set. The head gets the activations
-at the reference network's last layer output; the stem gets the images. The timed inputs are
+at the reference network's last layer output; the stem gets the images. Every int8 unit (and the
+reference network) first takes the BatchNorm statistics of its calibration inputs, so its activations
+have a trained network's scale (``BN_STATISTICS``). The timed inputs are
 ``run_samples`` Fashion-MNIST *test* images, passed through the reference network the same way for
 blocks.
 
@@ -63,6 +65,15 @@ __all__ = ["DeviceTimer", "Measurement", "UnitExporter", "UnitLog", "REFERENCE_C
 REFERENCE_CANDIDATE = "k3_e3"
 CALIB_SOURCE = "fashion-mnist"
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+# int8 units: every BatchNorm's running statistics are those of the unit's calibration inputs (and the
+# reference network's, whose activations calibrate the blocks), so every layer's output has the unit scale
+# a trained network's has. With the initial statistics (mean 0, variance 1) a random network's activations
+# shrink layer by layer, to 1e-6 of the input by the last blocks of a deep point; their int8 scales then
+# fall outside what XNNPACK's int8 ADD and MUL take (ADD: each input's scale over the output's within
+# [2^-10, 2^8)), the hard-swish's ``x + 3`` of those layers runs on the reference kernels between XNNPACK
+# partitions, and the network costs up to a third more than the sum of its blocks, which were calibrated
+# on activations of another scale. Trained weights do not shrink so; a LUT measures what they cost.
+BN_STATISTICS = "calibration"
 # the ArchSpec normalisation of ``edgekit.train.build_model`` (what ``edgekit export --arch`` uses)
 _ARCH_MEAN, _ARCH_STD = 0.449, 0.226
 
@@ -376,7 +387,7 @@ class UnitExporter:
         r: dict[str, Any] = {"format": self.format, "precision": self.precision}
         if self.precision == "int8":
             r.update(calib=CALIB_SOURCE, calib_samples=self.calib_samples, calib_method=self.calib_method,
-                     reference=list(self.reference))
+                     reference=list(self.reference), batchnorm=BN_STATISTICS)
             if self.format == "tflite":
                 r["io_dtype"] = self.io_dtype
         return r
@@ -404,6 +415,7 @@ class UnitExporter:
                                 resolution=unit.spec.resolution).eval()
             pre = preprocessing_for(model.default_cfg)
             calib = self.calib_images(unit.spec.resolution)[0] if self.precision == "int8" else None
+            _trained_statistics(model, calib)
             c, h, w = model.default_cfg["input_size"]
             return model, torch.zeros(1, c, h, w), calib, pre, unit.spec.to_dict(), unit.num_classes
         if not isinstance(unit, (BlockSig, ChainUnit)):
@@ -412,7 +424,9 @@ class UnitExporter:
         calib = self.calib_for(first)[0] if self.precision == "int8" else None
         pre = preprocessing_for(self._default_cfg(unit.in_shape[1])) if first.kind == "stem" else None
         torch.manual_seed(0)  # after calib_for, which may build the reference network: same weights in any order
-        return unit.module().eval(), torch.zeros(1, *unit.in_shape), calib, pre, None, None
+        module = unit.module().eval()
+        _trained_statistics(module, calib)
+        return module, torch.zeros(1, *unit.in_shape), calib, pre, None, None
 
     def _export(self, module: torch.nn.Module, example: torch.Tensor, calib: np.ndarray | None):
         torch.set_num_threads(1)
@@ -510,6 +524,8 @@ class UnitExporter:
         torch.set_num_threads(1)
         torch.manual_seed(0)
         net = from_arch(spec, num_classes=self.space.num_classes, in_chans=self.space.in_chans).eval()
+        if self.precision == "int8":
+            _trained_statistics(net, self.calib_images(spec.resolution)[0])
         x = net.stem(torch.from_numpy(images))
         seen: dict[Any, np.ndarray] = {}
         for stage in net.stages:
@@ -518,6 +534,17 @@ class UnitExporter:
                 x = block(x)
         seen[("head", *x.shape[1:])] = x.numpy().copy()
         return seen
+
+
+def _trained_statistics(module: torch.nn.Module, calib: np.ndarray | None) -> None:
+    """Give a random-weight int8 unit the BatchNorm statistics of its calibration inputs (nothing
+    for fp32, which has none): see ``BN_STATISTICS``."""
+    if calib is None:
+        return
+    from ..train import recalibrate_bn
+
+    with torch.no_grad():
+        recalibrate_bn(module, np.ascontiguousarray(calib, dtype=np.float32))
 
 
 def build_on_device(space: FBNetV1Space, timer: DeviceTimer, *, out: str | Path | None = None, chunk: int = 8,

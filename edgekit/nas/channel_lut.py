@@ -17,9 +17,11 @@ non-negative linear model of latency on the work of the block's ops at the signa
 expansion and side: a per-call cost, the 1x1 expansion conv's and the residual add's presence (each
 an op of its own), the expansion conv's multiply-adds and output
 elements, the depthwise conv's multiply-adds and output elements, the 1x1 projection's
-multiply-adds, the output elements, the residual add and the input elements (the
-squeeze-excitation's pooling and gating scale with the depthwise output, which the per-type fit
-absorbs). It is fitted for relative error (every row weighted by 1 / measured), checked on a
+multiply-adds, the output elements, the residual add, the input elements and the
+squeeze-excitation's two fully connected layers' multiply-adds (``2 x mid x reduced``, the same at any
+side: on the 2 x 2 and 3 x 3 maps of the last stages they outweigh the depthwise conv; without them
+the model put blocks of the 64 px space 33 % low there). The squeeze-excitation's pooling and
+gating scale with the depthwise output, which the per-type fit absorbs. It is fitted for relative error (every row weighted by 1 / measured), checked on a
 held-out share of the measured entries and refitted on all of them; the check's figures are stored
 in the LUT beside the model. Channel counts are the table's own discrete choices (multiples of the
 space's divisor, 8), so the steps latency takes with the channel count on vector kernels are those
@@ -48,14 +50,15 @@ import numpy as np
 from ..lut.junction import junction_model
 from ..lut.lut import Lut, LutError
 from ..lut.space import BlockSig
-from ..models.fbnet import get_divisible_by
+from ..models.fbnet import _se_width, get_divisible_by
 from .dmasking import BLOCK_TYPES, FBNetV2Space
 
 __all__ = ["FEATURES", "BlockModel", "ChannelLatency", "block_features", "block_type", "fit_block_model",
            "measurement_plan"]
 
 FEATURES = ("call", "pw_call", "residual_call", "pw_macs", "pw_out", "dw_macs", "dw_out", "pwl_macs", "out", "residual",
-            "in")
+            "in", "se_macs")
+_FEATURES_BEFORE_SE = FEATURES[:-1]  # a model stored before ``se_macs``: it predicts as it did (coefficient 0)
 HOLD_OUT = 0.2  # share of the measured block entries the model's check keeps out of its fit
 
 
@@ -80,10 +83,11 @@ def block_features(sig: BlockSig) -> np.ndarray:
     mid = get_divisible_by(c_in * b.expansion, sig.channel_divisor) if pw else c_in
     area, out_area = h * w, _ceil_div(h, b.stride) * _ceil_div(w, b.stride)
     residual = b.stride == 1 and c_in == b.out_channels
+    se = _se_width(b, mid) if b.se > 0 else 0
     return np.array([1.0, float(pw), float(residual), c_in * mid * area if pw else 0.0, mid * area if pw else 0.0,
                      mid * b.kernel ** 2 * out_area, mid * out_area, mid * b.out_channels * out_area,
-                     b.out_channels * out_area, b.out_channels * out_area if residual else 0.0, c_in * area],
-                    dtype=np.float64)
+                     b.out_channels * out_area, b.out_channels * out_area if residual else 0.0, c_in * area,
+                     2.0 * mid * se], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,11 @@ class BlockModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BlockModel":
-        if d.get("model") != "channel-linear" or list(d.get("features", ())) != list(FEATURES):
+        features = list(d.get("features", ()))
+        if d.get("model") == "channel-linear" and features == list(_FEATURES_BEFORE_SE):
+            d = {**d, "coef": {k: [*c, 0.0] if isinstance(c, (list, tuple)) else c
+                               for k, c in (d.get("coef") or {}).items()}}
+        elif d.get("model") != "channel-linear" or features != list(FEATURES):
             raise LutError(f"the LUT's block model is not a channel-linear model over {list(FEATURES)}; run its "
                            f"`edgekit lut build --space fbnet-v2 ... --out` again: it refits the model on the stored "
                            f"entries")
@@ -165,6 +173,12 @@ def fit_block_model(space: FBNetV2Space, lut: Lut, *, hold_out: float = HOLD_OUT
             "held_out": _errors(check, held), "fit": _errors(check, fit), "all_after_refit": _errors(model, rows)}
 
 
+def _size(sig: BlockSig) -> float:
+    """What the plan calls a block's size: its convs' multiply-adds and elements (``pw_macs`` ... ``in``;
+    the plan predates ``se_macs`` and keeps its choice, so a LUT built before resumes on the same plan)."""
+    return float(block_features(sig)[FEATURES.index("pw_macs"):FEATURES.index("in") + 1].sum())
+
+
 def measurement_plan(space: FBNetV2Space, sample: int, *, seed: int = 0) -> list[BlockSig]:
     """Every stem and head signature, and ``sample`` block signatures: per (block type, input side,
     stride) its narrowest and widest configuration, the rest drawn at random (reproducible from
@@ -181,7 +195,7 @@ def measurement_plan(space: FBNetV2Space, sample: int, *, seed: int = 0) -> list
         groups.setdefault((block_type(s), s.in_shape[1], s.block.stride), []).append(s)
     corners: dict[str, BlockSig] = {}
     for group in groups.values():
-        size = [float(block_features(s)[3:].sum()) for s in group]
+        size = [_size(s) for s in group]
         for s in (group[int(np.argmin(size))], group[int(np.argmax(size))]):
             corners.setdefault(s.key, s)
     chosen = list(corners.values())

@@ -521,7 +521,8 @@ def main() -> None:
         doc["size"] = {**stamp, "result": step_size()}
     if "lut" in steps:
         passes = f", networks checked over {args.check_passes} passes" if args.check_passes != 3 else ""
-        put("lut", _lut_key(args) + passes, step_lut(args))
+        checked = f", {args.check} networks checked" if args.check != 20 else ""
+        put("lut", _lut_key(args) + checked + passes, step_lut(args))
     if "memory" in steps:
         doc["memory"] = {**stamp, "result": step_memory(args)}
     if "search" in steps:

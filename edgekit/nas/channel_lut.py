@@ -15,15 +15,15 @@ narrowest and widest configuration and the rest are drawn at random.
 The model (:class:`BlockModel`): per block type (kernel, squeeze-excitation, activation) a
 non-negative linear model of latency on the work of the block's ops at the signature's channels,
 expansion and side: a per-call cost, the 1x1 expansion conv's and the residual add's presence (each
-an op of its own), the expansion conv's multiply-adds and output
-elements, the depthwise conv's multiply-adds and output elements, the 1x1 projection's
-multiply-adds, the output elements, the residual add, the input elements and the
-squeeze-excitation's two fully connected layers' multiply-adds (``2 x mid x reduced``, the same at any
-side: on the 2 x 2 and 3 x 3 maps of the last stages they outweigh the depthwise conv; without them
-the model put blocks of the 64 px space 33 % low there). The squeeze-excitation's pooling and
-gating scale with the depthwise output, which the per-type fit absorbs. It is fitted for relative error (every row weighted by 1 / measured), checked on a
-held-out share of the measured entries and refitted on all of them; the check's figures are stored
-in the LUT beside the model. Channel counts are the table's own discrete choices (multiples of the
+an op of its own), the expansion conv's multiply-adds and output elements, the depthwise conv's
+multiply-adds and output elements, the 1x1 projection's multiply-adds, the output elements, the
+residual add, the input elements and the squeeze-excitation's two fully connected layers'
+multiply-adds (``2 x mid x reduced``, the same at any side: on the 2 x 2 and 3 x 3 maps of the last
+stages they outweigh the depthwise conv; without them the model put blocks of the 64 px space 33 %
+low there). The squeeze-excitation's pooling and gating scale with the depthwise output, which the
+per-type fit absorbs. It is fitted for relative error (every row weighted by 1 / measured), checked
+on a held-out share of the measured entries and refitted on all of them; the check's figures are
+stored in the LUT beside the model. Channel counts are the table's own discrete choices (multiples of the
 space's divisor, 8), so the steps latency takes with the channel count on vector kernels are those
 of the choices the model is asked about.
 

@@ -504,8 +504,9 @@ class UnitExporter:
             calib: dict[Any, np.ndarray] = {}
             run: dict[Any, np.ndarray] = {}
             for spec in self._reference_specs():
-                calib.update(self._reference_activations(spec, self.calib_images(spec.resolution)[0]))
-                run.update(self._reference_activations(spec, self.calib_images(spec.resolution)[1]))
+                seen_calib, seen_run = self._reference_activations(spec)
+                calib.update(seen_calib)
+                run.update(seen_run)
             self._activations = (calib, run)
         return self._activations
 
@@ -516,24 +517,31 @@ class UnitExporter:
         return [self.space.spec({**widest, "resolution": r}, name=f"lut-reference-{r}") for r in self.space.resolutions]
 
     @torch.no_grad()
-    def _reference_activations(self, spec: Any, images: np.ndarray) -> dict[Any, np.ndarray]:
-        """``("block", C, H, W)`` -> the activations at the first layer input of that shape,
+    def _reference_activations(self, spec: Any) -> tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]]:
+        """For the calibration images and the timed-run images at ``spec``'s resolution, one reference
+        network (built and, in int8, given its calibration images' statistics once):
+        ``("block", C, H, W)`` -> the activations at the first layer input of that shape,
         ``("head", C, H, W)`` -> those at the head."""
         from ..models.arch import from_arch
 
         torch.set_num_threads(1)
         torch.manual_seed(0)
         net = from_arch(spec, num_classes=self.space.num_classes, in_chans=self.space.in_chans).eval()
+        calib, run = self.calib_images(spec.resolution)
         if self.precision == "int8":
-            _trained_statistics(net, self.calib_images(spec.resolution)[0])
-        x = net.stem(torch.from_numpy(images))
-        seen: dict[Any, np.ndarray] = {}
-        for stage in net.stages:
-            for block in stage:
-                seen.setdefault(("block", *x.shape[1:]), x.numpy().copy())
-                x = block(x)
-        seen[("head", *x.shape[1:])] = x.numpy().copy()
-        return seen
+            _trained_statistics(net, calib)
+
+        def walk(images: np.ndarray) -> dict[Any, np.ndarray]:
+            x = net.stem(torch.from_numpy(images))
+            seen: dict[Any, np.ndarray] = {}
+            for stage in net.stages:
+                for block in stage:
+                    seen.setdefault(("block", *x.shape[1:]), x.numpy().copy())
+                    x = block(x)
+            seen[("head", *x.shape[1:])] = x.numpy().copy()
+            return seen
+
+        return walk(calib), walk(run)
 
 
 def _trained_statistics(module: torch.nn.Module, calib: np.ndarray | None) -> None:

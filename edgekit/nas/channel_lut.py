@@ -23,9 +23,9 @@ stages they outweigh the depthwise conv; without them the model put blocks of th
 low there). The squeeze-excitation's pooling and gating scale with the depthwise output, which the
 per-type fit absorbs. It is fitted for relative error (every row weighted by 1 / measured), checked
 on a held-out share of the measured entries and refitted on all of them; the check's figures are
-stored in the LUT beside the model. Channel counts are the table's own discrete choices (multiples of the
-space's divisor, 8), so the steps latency takes with the channel count on vector kernels are those
-of the choices the model is asked about.
+stored in the LUT beside the model. Channel counts are the table's own discrete choices (multiples
+of the space's divisor, 8), so the steps latency takes with the channel count on vector kernels are
+those of the choices the model is asked about.
 
 :class:`ChannelLatency` fills, for each resolution, layer, block type and (input, output,
 expansion) choice, the measured entry when there is one and the model's figure otherwise; the
